@@ -1,0 +1,151 @@
+//! Ingest benchmark against a real broker (tansu): prints events/s per core for
+//! (a) the raw ceiling: consume from the broker and parse JSON only, and
+//! (b) campo end to end into bronze (decode, validate, dedup, Parquet, Delta commits),
+//! their ratio, and the process RSS while (b) runs.
+//!
+//! Per core = events / CPU seconds (user + system) of this process, which holds the consumer,
+//! librdkafka's threads and the writer; the broker runs in its own process and is not counted.
+//!
+//! Run: `scripts/bench.sh` (or `cargo bench --bench ingest` with CAMPO_TANSU set).
+//! CAMPO_BENCH_EVENTS (default 2,000,000) sets the size; CAMPO_BENCH_SOAK_SECS (default 0)
+//! adds a soak phase: a producer writes at CAMPO_BENCH_SOAK_RATE events/s for that long while
+//! campo ingests, and RSS is printed every 10 s.
+
+#[path = "../tests/it/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use campo_pipelines::Config;
+use campo_pipelines::ingest::{self, Shutdown, Stats};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb / 1024.0
+}
+
+fn main() {
+    let n: u64 = std::env::var("CAMPO_BENCH_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
+    let soak: u64 = std::env::var("CAMPO_BENCH_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let soak_rate: u64 = std::env::var("CAMPO_BENCH_SOAK_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let broker = harness::Broker::start();
+    let (r, a) = ("bench.readings", "bench.activity");
+    broker.create_topic(r, 4);
+    broker.create_topic(a, 4);
+    broker.create_topic("campo.dlq", 1);
+    println!("producing {n} events into tansu at {} ...", broker.addr);
+    let t = Instant::now();
+    let totals = harness::simulate(&[
+        "--brokers", &broker.addr, "--count", &n.to_string(), "--rate", "0", "--partitions", "0",
+        "--readings-topic", r, "--activity-topic", a, "--seed", "1",
+    ]);
+    println!("  produced in {:.1}s; {}", t.elapsed().as_secs_f64(), totals);
+
+    // (a) the ceiling: consume and parse JSON, nothing else.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "bench-ceiling")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in [r, a] {
+        for p in 0..4 {
+            tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let (c0, w0) = (cpu_seconds(), Instant::now());
+    let mut seen = 0u64;
+    let mut bytes = 0usize;
+    while seen < n {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null);
+            bytes += usize::from(!v.is_null());
+            seen += 1;
+        }
+    }
+    let (ceil_cpu, ceil_wall) = (cpu_seconds() - c0, w0.elapsed().as_secs_f64());
+    drop(consumer);
+    let ceiling = n as f64 / ceil_cpu;
+    println!("(a) ceiling, consume + parse JSON: {n} events ({bytes} parsed) in {ceil_wall:.2}s wall, {ceil_cpu:.2}s CPU");
+    println!("    = {:.0} events/s wall, {ceiling:.0} events/s per core", n as f64 / ceil_wall);
+
+    // (b) campo end to end.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.kafka.brokers = broker.addr.clone();
+    cfg.kafka.group_id = "bench-campo".into();
+    cfg.kafka.readings_topic = r.into();
+    cfg.kafka.activity_topic = a.into();
+    cfg.lake.path = dir.path().join("lake").to_str().unwrap().into();
+    cfg.metrics.listen = String::new();
+    let stats = Arc::new(Stats::default());
+    let shutdown = Shutdown::default();
+    let rss0 = rss_mib();
+    let (c0, w0) = (cpu_seconds(), Instant::now());
+    let mut max_rss = rss0;
+    rt.block_on(async {
+        let task = tokio::spawn(ingest::run(cfg.clone(), stats.clone(), shutdown.clone()));
+        while stats.committed_total() < n {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            max_rss = max_rss.max(rss_mib());
+        }
+        let (e2e_cpu, e2e_wall) = (cpu_seconds() - c0, w0.elapsed().as_secs_f64());
+        let e2e = n as f64 / e2e_cpu;
+        println!("(b) campo end to end into bronze: {n} events in {e2e_wall:.2}s wall, {e2e_cpu:.2}s CPU");
+        println!("    = {:.0} events/s wall, {e2e:.0} events/s per core", n as f64 / e2e_wall);
+        println!("    ratio end-to-end / ceiling (per core) = {:.2}", e2e / ceiling);
+        println!("    RSS: {rss0:.0} MiB before, {max_rss:.0} MiB max during the run");
+        println!("    flushes committed: {}", stats.flushes.load(Ordering::Relaxed));
+        if soak > 0 {
+            soak_phase(&broker.addr, r, a, soak, soak_rate, &stats).await;
+        }
+        shutdown.trigger();
+        task.await.unwrap().unwrap();
+    });
+}
+
+async fn soak_phase(brokers: &str, r: &str, a: &str, secs: u64, rate: u64, stats: &Stats) {
+    println!("(soak) {secs}s at {rate} events/s: RSS every 10 s");
+    let mut producer = std::process::Command::new(harness::campo_bin())
+        .args(["simulate", "--brokers", brokers, "--rate", &rate.to_string(), "--partitions", "0", "--seed", "2"])
+        .args(["--readings-topic", r, "--activity-topic", a, "--duration", &format!("{}s", secs * 2)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let before = stats.committed_total();
+    while start.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let done = stats.committed_total() - before;
+        println!(
+            "  t={:>4}s rss={:>6.0} MiB committed={done} ({:.0}/s) lag={}",
+            start.elapsed().as_secs(),
+            rss_mib(),
+            done as f64 / start.elapsed().as_secs_f64(),
+            stats.consumer_lag.load(Ordering::Relaxed)
+        );
+    }
+    let _ = producer.kill();
+    let _ = producer.wait();
+}

@@ -1,0 +1,163 @@
+//! campo's configuration: one struct with SPEC's defaults, read from `campo.toml`, then
+//! `CAMPO__SECTION__KEY` environment variables, then command-line flags (in the binary).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub lake: LakeConfig,
+    pub ingest: IngestConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Consumer group used for partition assignment (offsets come from the Delta log).
+    pub group_id: String,
+    pub readings_topic: String,
+    pub activity_topic: String,
+    pub dlq_topic: String,
+    /// Extra librdkafka properties, passed through as-is (e.g. `security.protocol`).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "campo".into(),
+            readings_topic: "vibration.readings".into(),
+            activity_topic: "user.activity".into(),
+            dlq_topic: "campo.dlq".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LakeConfig {
+    /// Lake root: a local path or an object-store URL delta-rs accepts.
+    pub path: String,
+    /// Object-store options (credentials, endpoint...), passed to delta-rs.
+    pub storage_options: BTreeMap<String, String>,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        Self { path: "./lake".into(), storage_options: BTreeMap::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Prefix of the Delta txn app ids; two pipelines with different names never share offsets.
+    pub pipeline: String,
+    /// Flush buffered rows to Delta at least this often.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// ... or as soon as this many rows are buffered.
+    pub max_batch_rows: usize,
+    /// Records larger than this are rejected as `too_large`.
+    pub max_record_bytes: usize,
+    /// A record whose `idempotency_key` was seen within this horizon is a duplicate.
+    #[serde(with = "humantime_serde")]
+    pub dedup_horizon: Duration,
+    /// Upper bound on remembered keys; past it the oldest are forgotten early (and counted).
+    pub dedup_max_keys: usize,
+    /// Flushes handed to the lake writer but not yet committed; past this the consumer pauses.
+    pub max_pending_flushes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            pipeline: "campo".into(),
+            flush_interval: Duration::from_secs(1),
+            max_batch_rows: 200_000,
+            max_record_bytes: 1024 * 1024,
+            dedup_horizon: Duration::from_secs(24 * 3600),
+            dedup_max_keys: 20_000_000,
+            max_pending_flushes: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus `/metrics` endpoint; empty disables it.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// A configuration value that cannot work, named by its key.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl Config {
+    /// Checks what serde cannot: values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: &str| Err(ConfigError { key, reason: reason.into() });
+        if self.kafka.brokers.trim().is_empty() {
+            return err("kafka.brokers", "must name at least one broker");
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return err("kafka.group_id", "must not be empty");
+        }
+        for (key, t) in [
+            ("kafka.readings_topic", &self.kafka.readings_topic),
+            ("kafka.activity_topic", &self.kafka.activity_topic),
+            ("kafka.dlq_topic", &self.kafka.dlq_topic),
+        ] {
+            if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                return err(key, "must be a Kafka topic name ([a-zA-Z0-9._-]+)");
+            }
+        }
+        if self.kafka.readings_topic == self.kafka.activity_topic {
+            return err("kafka.activity_topic", "must differ from kafka.readings_topic");
+        }
+        if self.lake.path.trim().is_empty() {
+            return err("lake.path", "must not be empty");
+        }
+        if self.ingest.pipeline.is_empty()
+            || !self.ingest.pipeline.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return err("ingest.pipeline", "must be non-empty [a-zA-Z0-9._-]");
+        }
+        if self.ingest.flush_interval.is_zero() {
+            return err("ingest.flush_interval", "must be greater than zero");
+        }
+        if self.ingest.max_batch_rows == 0 {
+            return err("ingest.max_batch_rows", "must be at least 1");
+        }
+        if self.ingest.max_record_bytes < 64 {
+            return err("ingest.max_record_bytes", "must be at least 64 bytes");
+        }
+        if self.ingest.max_pending_flushes == 0 {
+            return err("ingest.max_pending_flushes", "must be at least 1");
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return err("metrics.listen", "must be an address like 127.0.0.1:9464, or empty");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,219 @@
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+
+const MAX: usize = 1 << 20;
+
+fn reading() -> Value {
+    json!({
+        "event_id": "7d3f2a4e-9a43-4a8e-b0c1-2f5e8a9b6c01",
+        "schema_version": "1.0.0",
+        "occurred_at": "2026-11-23T10:15:30.250+02:00",
+        "producer": "vibe-sensor",
+        "idempotency_key": "k-1",
+        "trace_id": "t-1",
+        "user_hash": "u_1",
+        "region": "sa-east-1",
+        "hz": 432.5,
+        "mood_delta": -0.2,
+        "entropy": 0.4,
+        "email": "someone@example.org"
+    })
+}
+
+fn activity(kind: &str) -> Value {
+    let mut v = json!({
+        "event_id": "7d3f2a4e-9a43-4a8e-b0c1-2f5e8a9b6c02",
+        "schema_version": "1.3.1",
+        "occurred_at": "2026-11-23T10:15:30Z",
+        "producer": "api",
+        "idempotency_key": "k-2",
+        "trace_id": "t-2",
+        "kind": kind,
+        "user_hash": "u_2",
+        "region": "eu-west-1",
+    });
+    let m = v.as_object_mut().unwrap();
+    match kind {
+        "api.request" => {
+            m.insert("route".into(), json!("/v1/feed"));
+            m.insert("status".into(), json!(200));
+            m.insert("latency_ms".into(), json!(120.5));
+        }
+        "feed.rendered" => {
+            m.insert("items_count".into(), json!(12));
+            m.insert("entropy".into(), json!(0.3));
+        }
+        _ => {}
+    }
+    v
+}
+
+fn reason_of(v: &Value) -> Option<Reason> {
+    decode_reading(v.to_string().as_bytes(), MAX).err().map(|r| r.reason)
+}
+
+fn with(mut v: Value, key: &str, val: Value) -> Value {
+    v.as_object_mut().unwrap().insert(key.into(), val);
+    v
+}
+
+fn without(mut v: Value, key: &str) -> Value {
+    v.as_object_mut().unwrap().remove(key);
+    v
+}
+
+#[test]
+fn a_valid_reading_decodes_with_utc_micros_and_a_derived_bucket() {
+    let bytes = reading().to_string();
+    let r = decode_reading(bytes.as_bytes(), MAX).unwrap();
+    assert_eq!(r.envelope.occurred_at_us, chrono::DateTime::parse_from_rfc3339("2026-11-23T08:15:30.25Z").unwrap().timestamp_micros());
+    assert_eq!(r.hz_bucket, 4);
+    assert!(r.hz_bucket_derived);
+    assert_eq!(r.region, "sa-east-1");
+}
+
+#[test]
+fn a_sent_bucket_is_kept_as_sent() {
+    let v = with(reading(), "hz_bucket", json!(7));
+    let bytes = v.to_string();
+    let r = decode_reading(bytes.as_bytes(), MAX).unwrap();
+    assert_eq!((r.hz_bucket, r.hz_bucket_derived), (7, false));
+}
+
+#[test]
+fn derive_bucket_follows_spec() {
+    assert_eq!(derive_bucket(0.5), 0);
+    assert_eq!(derive_bucket(99.99), 0);
+    assert_eq!(derive_bucket(100.0), 1);
+    assert_eq!(derive_bucket(419.9), 4);
+    assert_eq!(derive_bucket(1000.0), 10);
+    assert_eq!(derive_bucket(2000.0), 10);
+}
+
+#[test]
+fn every_reason_code_for_readings() {
+    assert_eq!(decode_reading(b"{not json", MAX).unwrap_err().reason, Reason::NotJson);
+    assert_eq!(decode_reading(&[0xff, 0xfe], MAX).unwrap_err().reason, Reason::NotJson);
+    assert_eq!(decode_reading(b"[1,2]", MAX).unwrap_err().reason, Reason::BadType);
+    let big = vec![b' '; 2000];
+    assert_eq!(decode_reading(&big, 1000).unwrap_err().reason, Reason::TooLarge);
+    assert_eq!(reason_of(&without(reading(), "hz")), Some(Reason::MissingField));
+    assert_eq!(reason_of(&with(reading(), "hz", Value::Null)), Some(Reason::MissingField));
+    assert_eq!(reason_of(&without(reading(), "schema_version")), Some(Reason::MissingField));
+    assert_eq!(reason_of(&without(reading(), "event_id")), Some(Reason::MissingField));
+    assert_eq!(reason_of(&with(reading(), "hz", json!("432"))), Some(Reason::BadType));
+    assert_eq!(reason_of(&with(reading(), "hz_bucket", json!(3.5))), Some(Reason::BadType));
+    assert_eq!(reason_of(&with(reading(), "event_id", json!("not-a-uuid"))), Some(Reason::BadType));
+    assert_eq!(reason_of(&with(reading(), "occurred_at", json!("2026-11-23 10:15:30"))), Some(Reason::BadType));
+    assert_eq!(reason_of(&with(reading(), "schema_version", json!("one"))), Some(Reason::BadType));
+    assert_eq!(reason_of(&with(reading(), "schema_version", json!("2.0.0"))), Some(Reason::UnsupportedSchemaVersion));
+    assert_eq!(reason_of(&with(reading(), "schema_version", json!("0.9.1"))), Some(Reason::UnsupportedSchemaVersion));
+    assert_eq!(reason_of(&with(reading(), "hz", json!(0))), Some(Reason::OutOfRange));
+    assert_eq!(reason_of(&with(reading(), "hz", json!(2000.01))), Some(Reason::OutOfRange));
+    assert_eq!(reason_of(&with(reading(), "hz", json!(2000))), None);
+    assert_eq!(reason_of(&with(reading(), "hz_bucket", json!(11))), Some(Reason::OutOfRange));
+    assert_eq!(reason_of(&with(reading(), "mood_delta", json!(-1.5))), Some(Reason::OutOfRange));
+    assert_eq!(reason_of(&with(reading(), "entropy", json!(1.01))), Some(Reason::OutOfRange));
+    assert_eq!(reason_of(&with(reading(), "region", json!("SA-East"))), Some(Reason::OutOfRange));
+    assert_eq!(reason_of(&with(reading(), "region", json!("a".repeat(65)))), Some(Reason::OutOfRange));
+    assert_eq!(reason_of(&with(reading(), "producer", json!(""))), Some(Reason::OutOfRange));
+    assert_eq!(reason_of(&with(reading(), "idempotency_key", json!("k".repeat(129)))), Some(Reason::OutOfRange));
+    assert_eq!(reason_of(&with(reading(), "idempotency_key", json!("k".repeat(128)))), None);
+}
+
+#[test]
+fn schema_version_is_checked_before_other_fields() {
+    // A v2 event with a field of another type is unsupported, not bad_type.
+    let v = with(with(reading(), "schema_version", json!("2.1.0")), "hz", json!("fast"));
+    assert_eq!(reason_of(&v), Some(Reason::UnsupportedSchemaVersion));
+}
+
+#[test]
+fn activity_kinds_require_their_fields() {
+    for kind in ["api.request", "feed.rendered", "event.checkin", "chat.message"] {
+        let b = activity(kind).to_string();
+        assert!(decode_activity(b.as_bytes(), MAX).is_ok(), "{kind}");
+    }
+    let r = |v: Value| decode_activity(v.to_string().as_bytes(), MAX).err().map(|r| r.reason);
+    assert_eq!(r(without(activity("api.request"), "status")), Some(Reason::MissingField));
+    assert_eq!(r(without(activity("api.request"), "route")), Some(Reason::MissingField));
+    assert_eq!(r(without(activity("feed.rendered"), "entropy")), Some(Reason::MissingField));
+    assert_eq!(r(with(activity("api.request"), "status", json!(600))), Some(Reason::OutOfRange));
+    assert_eq!(r(with(activity("api.request"), "latency_ms", json!(-1))), Some(Reason::OutOfRange));
+    assert_eq!(r(with(activity("api.request"), "waf_blocked", json!("yes"))), Some(Reason::BadType));
+    assert_eq!(r(with(activity("feed.rendered"), "items_count", json!(-3))), Some(Reason::OutOfRange));
+    assert_eq!(r(with(activity("chat.message"), "kind", json!("chat.deleted"))), Some(Reason::OutOfRange));
+    assert_eq!(r(without(activity("chat.message"), "kind")), Some(Reason::MissingField));
+}
+
+#[test]
+fn unknown_fields_are_ignored_and_pii_is_never_kept() {
+    let v = with(with(reading(), "future_field", json!({"nested": [1, 2]})), "ip", json!("10.0.0.1"));
+    let bytes = v.to_string();
+    assert!(decode_reading(bytes.as_bytes(), MAX).is_ok());
+    let dlq = scrubbed_record(with(v.clone(), "hz", json!("x")).to_string().as_bytes(), true);
+    assert!(!dlq.contains("someone@example.org") && !dlq.contains("10.0.0.1"), "{dlq}");
+    assert!(dlq.contains("future_field"));
+    let broken = format!("{{\"email\": \"someone@example.org\", \"name\":\"Ana\", \"hz\": 4{}", "");
+    let text = scrubbed_record(broken.as_bytes(), true);
+    assert!(!text.contains("someone@example.org") && !text.contains("Ana"), "{text}");
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i32>().prop_map(|n| json!(n)),
+        (-3000.0..3000.0f64).prop_map(|f| json!(f)),
+        "[a-z0-9@. -]{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(2, 8, 4, |inner| prop::collection::vec(inner, 0..3).prop_map(Value::Array))
+}
+
+const FIELDS: [&str; 14] = [
+    "event_id", "schema_version", "occurred_at", "producer", "idempotency_key", "trace_id", "user_hash",
+    "region", "hz", "hz_bucket", "mood_delta", "entropy", "kind", "status",
+];
+
+proptest! {
+    /// Any mutation of a valid event either decodes or is rejected with a code, never panics,
+    /// and what is stored for it never carries a PII value.
+    #[test]
+    fn mutated_events_decode_or_reject_and_never_leak_pii(
+        field in prop::sample::select(FIELDS.to_vec()),
+        value in arb_json(),
+        drop_it in any::<bool>(),
+        pii in "[a-z]{6}@pii\\.test",
+    ) {
+        let mut v = with(reading(), "email", json!(pii.clone()));
+        v = if drop_it { without(v, field) } else { with(v, field, value) };
+        let bytes = v.to_string();
+        match decode_reading(bytes.as_bytes(), MAX) {
+            Ok(r) => {
+                let stored = format!("{r:?}");
+                prop_assert!(!stored.contains(&pii));
+            }
+            Err(rej) => {
+                prop_assert!(!rej.message.is_empty());
+                prop_assert!(!scrubbed_record(bytes.as_bytes(), true).contains(&pii));
+            }
+        }
+        // Truncated, the same record is either not JSON or (rarely) still an object.
+        let cut = &bytes.as_bytes()[..bytes.len() / 2];
+        let rej = decode_reading(cut, MAX).unwrap_err();
+        prop_assert_eq!(rej.reason, Reason::NotJson);
+        prop_assert!(!scrubbed_record(cut, true).contains(&pii));
+    }
+
+    /// The fast and slow paths agree: a record the typed decoder accepts has no type error the
+    /// slow path would find, and the reason is a stable function of the bytes.
+    #[test]
+    fn decoding_is_deterministic(field in prop::sample::select(FIELDS.to_vec()), value in arb_json()) {
+        let b = with(activity("api.request"), field, value).to_string();
+        let a1 = decode_activity(b.as_bytes(), MAX).map(|_| ()).map_err(|r| r.reason);
+        let a2 = decode_activity(b.as_bytes(), MAX).map(|_| ()).map_err(|r| r.reason);
+        prop_assert_eq!(a1, a2);
+    }
+}

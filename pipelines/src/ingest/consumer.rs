@@ -1,0 +1,392 @@
+//! The consumer thread: polls Kafka, feeds [`IngestState`], hands flushes to the writer, and
+//! positions every assigned partition from the Delta log.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::contract::Contract;
+use crate::dedup::Dedup;
+
+use super::{Flush, IngestError, IngestState, Shared, WriterEvent, read_positions};
+
+pub(crate) struct IngestContext {
+    shared: Arc<Shared>,
+    state: Mutex<IngestState>,
+}
+
+impl IngestContext {
+    fn contract_of(&self, topic: &str) -> Option<Contract> {
+        let k = &self.shared.config.kafka;
+        if topic == k.readings_topic {
+            Some(Contract::Reading)
+        } else if topic == k.activity_topic {
+            Some(Contract::Activity)
+        } else {
+            None
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.shared.stats.pending_flushes.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the writer has finished every flush handed to it, or `limit` passes.
+    fn wait_writer_idle(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while self.pending() > 0 {
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Reads the committed positions of `tpl`'s partitions from the lake, retrying while the
+    /// lake cannot be read (consumption of these partitions waits for it).
+    fn positions_for(&self, tpl: &TopicPartitionList) -> Option<Vec<super::PartitionPosition>> {
+        let parts: Vec<_> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| Some((self.contract_of(e.topic())?, e.topic().to_string(), e.partition())))
+            .collect();
+        let mut backoff = Duration::from_millis(200);
+        let mut logged = false;
+        loop {
+            let r = self.shared.runtime.block_on(read_positions(
+                &self.shared.lake,
+                &self.shared.config.ingest.pipeline,
+                &parts,
+            ));
+            match r {
+                Ok(p) => {
+                    if logged {
+                        tracing::info!("lake readable again; positions read");
+                    }
+                    return Some(p);
+                }
+                Err(e) => {
+                    if !logged {
+                        tracing::error!(error = %e, "cannot read positions from the lake; partitions wait until it can be read");
+                        logged = true;
+                    }
+                    if self.shared.shutdown.is_triggered() {
+                        return None;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+impl ClientContext for IngestContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::debug!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            _ => tracing::trace!(target: "librdkafka", facility = fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka retries brokers with backoff itself; say so once per state change.
+        if self.shared.stats.kafka_ready.swap(false, Ordering::SeqCst) {
+            tracing::warn!(%error, reason, "kafka not ready; librdkafka keeps retrying with backoff");
+        } else {
+            tracing::debug!(%error, reason, "kafka error");
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut total = 0;
+        for (topic, t) in &statistics.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    total += part.consumer_lag;
+                    metrics::gauge!("campo_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string())
+                        .set(part.consumer_lag as f64);
+                }
+            }
+        }
+        self.shared.stats.consumer_lag.store(total, Ordering::Relaxed);
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Commits still in flight may move positions: let them land first.
+                if !self.wait_writer_idle(Duration::from_secs(30)) {
+                    tracing::warn!("writer still busy after 30 s; positions may be refreshed by a refused commit");
+                }
+                let Some(positions) = self.positions_for(tpl) else { return };
+                for p in &positions {
+                    let offset = p.resume_at().map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) = tpl.set_partition_offset(&p.topic, p.partition, offset) {
+                        tracing::error!(error = %e, "setting start offset");
+                    }
+                }
+                tracing::info!(
+                    partitions = positions.len(),
+                    positions = ?positions.iter().map(|p| format!("{}/{}@{}", p.topic, p.partition, p.resume_at().map_or("start".into(), |o| o.to_string()))).collect::<Vec<_>>(),
+                    "partitions assigned; resuming from the Delta log"
+                );
+                let mut state = self.state.lock().expect("state lock");
+                state.assign(positions);
+                self.shared.stats.assigned_partitions.store(state.assigned(), Ordering::Relaxed);
+                drop(state);
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut state = self.state.lock().expect("state lock");
+                tracing::info!(partitions = tpl.count(), rows = state.buffered_rows(), "partitions revoked; dropping their buffered rows");
+                state.clear_assignment();
+                self.shared.stats.assigned_partitions.store(0, Ordering::Relaxed);
+                drop(state);
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; dropping the assignment");
+                self.state.lock().expect("state lock").clear_assignment();
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+fn client_config(shared: &Shared) -> ClientConfig {
+    let k = &shared.config.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        .set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000")
+        .set("queued.max.messages.kbytes", "65536")
+        .set("client.id", "campo");
+    for (key, v) in &k.properties {
+        c.set(key, v);
+    }
+    c
+}
+
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    dedup: Dedup,
+    flush_tx: Sender<Flush>,
+    events: Receiver<WriterEvent>,
+) -> Result<(), IngestError> {
+    let ctx = IngestContext {
+        state: Mutex::new(IngestState::new(shared.config.ingest.max_record_bytes, dedup)),
+        shared: shared.clone(),
+    };
+    let consumer: BaseConsumer<IngestContext> = client_config(&shared).create_with_context(ctx)?;
+    let k = &shared.config.kafka;
+    consumer.subscribe(&[&k.readings_topic, &k.activity_topic])?;
+    tracing::info!(brokers = %k.brokers, group = %k.group_id, topics = ?[&k.readings_topic, &k.activity_topic], "consuming");
+    let mut lp = Loop { consumer: &consumer, shared: &shared, flush_tx: &flush_tx, events: &events, paused: false };
+    lp.main_loop();
+    lp.finish();
+    consumer.unsubscribe();
+    Ok(())
+}
+
+struct Loop<'a> {
+    consumer: &'a BaseConsumer<IngestContext>,
+    shared: &'a Shared,
+    flush_tx: &'a Sender<Flush>,
+    events: &'a Receiver<WriterEvent>,
+    paused: bool,
+}
+
+impl Loop<'_> {
+    fn ctx(&self) -> &IngestContext {
+        self.consumer.context()
+    }
+
+    fn main_loop(&mut self) {
+        let cfg = &self.shared.config.ingest;
+        let mut resync = false;
+        let mut last_sweep = Instant::now();
+        while !self.shared.shutdown.is_triggered() {
+            resync |= self.drain_events();
+            if resync {
+                self.resync();
+                resync = false;
+                continue;
+            }
+            self.try_send_held();
+            let hold = self.ctx().state.lock().expect("state").held.is_some();
+            self.set_paused(hold);
+            match self.consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(m)) => {
+                    if !self.shared.stats.kafka_ready.swap(true, Ordering::SeqCst) {
+                        tracing::info!("kafka ready");
+                    }
+                    self.shared.stats.consumed.fetch_add(1, Ordering::Relaxed);
+                    if let Some(contract) = self.ctx().contract_of(m.topic()) {
+                        let now = chrono::Utc::now().timestamp_micros();
+                        let mut st = self.ctx().state.lock().expect("state");
+                        st.process(contract, m.partition(), m.offset(), m.payload(), now);
+                    }
+                }
+                Some(Err(e)) => {
+                    if self.shared.stats.kafka_ready.swap(false, Ordering::SeqCst) {
+                        tracing::warn!(error = %e, "kafka consume error; retrying");
+                    }
+                }
+                None => {}
+            }
+            let mut st = self.ctx().state.lock().expect("state");
+            let due = st.buffered_since.is_some_and(|t| t.elapsed() >= cfg.flush_interval)
+                || st.buffered_rows() >= cfg.max_batch_rows;
+            if st.held.is_none() && due {
+                st.held = st.cut();
+            }
+            if last_sweep.elapsed() >= Duration::from_secs(60) {
+                last_sweep = Instant::now();
+                let evicted = st.dedup.sweep(crate::dedup::unix_minute(chrono::Utc::now().timestamp_micros()));
+                if evicted > 0 {
+                    metrics::counter!("campo_dedup_evicted_total").increment(evicted);
+                    tracing::warn!(evicted, max_keys = cfg.dedup_max_keys, "dedup set full: oldest keys forgotten early");
+                }
+            }
+            self.shared.stats.buffered_rows.store(st.buffered_rows(), Ordering::Relaxed);
+            self.shared.stats.dedup_keys.store(st.dedup.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Applies writer events; returns whether a commit was refused.
+    fn drain_events(&self) -> bool {
+        let mut refused = false;
+        while let Ok(ev) = self.events.try_recv() {
+            match ev {
+                WriterEvent::Committed { positions } => {
+                    let mut tpl = TopicPartitionList::new();
+                    for (t, p, last) in positions {
+                        let _ = tpl.add_partition_offset(&t, p, Offset::Offset(last + 1));
+                    }
+                    // Only for lag tools: positions come from the Delta log.
+                    if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                        tracing::debug!(error = %e, "group offset commit failed");
+                    }
+                }
+                WriterEvent::Dropped { keys, refused: r } => {
+                    self.ctx().state.lock().expect("state").dedup.forget(&keys);
+                    refused |= r;
+                }
+            }
+        }
+        refused
+    }
+
+    fn try_send_held(&self) {
+        let mut st = self.ctx().state.lock().expect("state");
+        let Some(flush) = st.held.take() else { return };
+        self.shared.stats.pending_flushes.fetch_add(1, Ordering::SeqCst);
+        match self.flush_tx.try_send(flush) {
+            Ok(()) => {}
+            Err(TrySendError::Full(f)) | Err(TrySendError::Closed(f)) => {
+                self.shared.stats.pending_flushes.fetch_sub(1, Ordering::SeqCst);
+                st.held = Some(f);
+            }
+        }
+    }
+
+    fn set_paused(&mut self, pause: bool) {
+        if pause == self.paused {
+            return;
+        }
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        let r = if pause { self.consumer.pause(&assignment) } else { self.consumer.resume(&assignment) };
+        match r {
+            Ok(()) => {
+                self.paused = pause;
+                if pause {
+                    tracing::debug!("lake writer behind: consumption paused");
+                } else {
+                    tracing::debug!("consumption resumed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pause/resume failed"),
+        }
+    }
+
+    /// After a refused commit: drop everything uncommitted, wait for the writer to drain,
+    /// re-read positions from the lake and seek there.
+    fn resync(&mut self) {
+        tracing::warn!("a commit was refused (offsets moved underneath it); resynchronising with the lake");
+        {
+            let mut st = self.ctx().state.lock().expect("state");
+            st.epoch += 1;
+            st.drop_buffers();
+        }
+        while !self.ctx().wait_writer_idle(Duration::from_millis(100)) {
+            self.drain_events();
+        }
+        self.drain_events();
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        let Some(positions) = self.ctx().positions_for(&assignment) else { return };
+        for p in &positions {
+            let offset = p.resume_at().map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = self.consumer.seek(&p.topic, p.partition, offset, Duration::from_secs(10)) {
+                tracing::error!(error = %e, topic = %p.topic, partition = p.partition, "seek failed");
+            }
+        }
+        self.ctx().state.lock().expect("state").assign(positions);
+    }
+
+    /// On shutdown: flush what is buffered and wait until the writer has committed it.
+    fn finish(&mut self) {
+        {
+            let mut st = self.ctx().state.lock().expect("state");
+            if st.held.is_none() {
+                st.held = st.cut();
+            }
+        }
+        loop {
+            self.drain_events();
+            self.try_send_held();
+            let st = self.ctx().state.lock().expect("state");
+            let done = st.held.is_none();
+            let more = if done && st.has_data() { true } else { false };
+            drop(st);
+            if more {
+                let mut st = self.ctx().state.lock().expect("state");
+                st.held = st.cut();
+                continue;
+            }
+            if done {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        while !self.ctx().wait_writer_idle(Duration::from_millis(100)) {
+            self.drain_events();
+        }
+        self.drain_events();
+    }
+}

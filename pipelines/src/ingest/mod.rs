@@ -1,0 +1,170 @@
+//! The bronze ingest: Kafka records to the `readings`, `activity` and `rejected` Delta tables,
+//! exactly once.
+//!
+//! Two workers share the load on purpose (one core each): the consumer thread polls Kafka,
+//! decodes, validates and deduplicates records into Arrow builders and cuts a [`Flush`] every
+//! `flush_interval` or `max_batch_rows`; the writer task encodes Parquet and commits. At most
+//! `max_pending_flushes` flushes are in flight: past that the consumer pauses its partitions
+//! (and keeps polling, so it stays in the group), which bounds memory when the lake is slower
+//! than the topic.
+//!
+//! The protocol (see docs/DESIGN.md):
+//! 1. Each flush commits `rejected` first (with the DLQ records), sends the DLQ records to Kafka,
+//!    then commits `readings` and `activity`, each carrying one txn action per partition.
+//! 2. The primary table of a topic (`readings` or `activity`) holds its consumer position; on
+//!    assignment and after a refused commit the consumer seeks every partition to the position
+//!    in the Delta log, never to consumer-group offsets (those are committed only for lag tools).
+//! 3. A commit whose expected txn versions differ from the log is refused; the consumer then
+//!    drops everything buffered and in flight, forgets their dedup keys, and seeks again.
+
+mod consumer;
+mod positions;
+mod state;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use campo_lake::{Lake, TableCommit};
+
+use crate::config::Config;
+use crate::contract::Reason;
+use crate::rows::RejectedRecord;
+
+pub use positions::read_positions;
+pub use state::{IngestState, PartitionPosition};
+
+/// Outcome counts of the records a flush covers, indexed by contract (0 readings, 1 activity).
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    pub bronze: [u64; 2],
+    pub duplicate: [u64; 2],
+    pub rejected: BTreeMap<(usize, Reason), u64>,
+}
+
+/// One unit of commit: everything consumed between two cuts.
+#[derive(Debug)]
+pub struct Flush {
+    pub epoch: u64,
+    pub readings: TableCommit,
+    pub activity: TableCommit,
+    pub rejected: TableCommit,
+    /// Records to send to the DLQ topic once `rejected` is committed.
+    pub dlq: Vec<RejectedRecord>,
+    /// Dedup fingerprints admitted for readings / activity rows.
+    pub keys: [Vec<u64>; 2],
+    pub counts: Counts,
+    /// `(topic, partition, last offset)` covered.
+    pub positions: Vec<(String, i32, i64)>,
+}
+
+/// What the writer tells the consumer.
+#[derive(Debug)]
+pub enum WriterEvent {
+    Committed { positions: Vec<(String, i32, i64)> },
+    /// The flush (or part of it) was not committed: forget these keys. `refused` asks the
+    /// consumer to resynchronise with the lake.
+    Dropped { keys: Vec<u64>, refused: bool },
+}
+
+/// Live figures of a running ingest, for progress output, readiness and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub kafka_ready: AtomicBool,
+    pub lake_ready: AtomicBool,
+    pub assigned_partitions: AtomicUsize,
+    pub consumed: AtomicU64,
+    pub bronze: [AtomicU64; 2],
+    pub duplicate: [AtomicU64; 2],
+    pub dlq: [AtomicU64; 2],
+    pub flushes: AtomicU64,
+    pub refused: AtomicU64,
+    pub consumer_lag: AtomicI64,
+    pub buffered_rows: AtomicUsize,
+    pub pending_flushes: AtomicUsize,
+    pub dedup_keys: AtomicUsize,
+}
+
+impl Stats {
+    pub fn committed_total(&self) -> u64 {
+        (0..2)
+            .map(|i| {
+                self.bronze[i].load(Ordering::Relaxed)
+                    + self.duplicate[i].load(Ordering::Relaxed)
+                    + self.dlq[i].load(Ordering::Relaxed)
+            })
+            .sum()
+    }
+}
+
+/// Stop signal shared by the consumer thread and the writer.
+#[derive(Debug, Default, Clone)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_triggered(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything a running ingest needs, shared by its parts.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub lake: Lake,
+    pub stats: Arc<Stats>,
+    pub shutdown: Shutdown,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Errors that stop an ingest.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Lake(#[from] campo_lake::LakeError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("rebuilding the dedup set from bronze: {0}")]
+    Dedup(campo_lake::LakeError),
+    #[error("consumer thread: {0}")]
+    Thread(String),
+}
+
+/// Runs the bronze ingest until `shutdown` is triggered; everything consumed by then is
+/// committed before this returns.
+pub async fn run(config: Config, stats: Arc<Stats>, shutdown: Shutdown) -> Result<(), IngestError> {
+    let storage: std::collections::HashMap<String, String> =
+        config.lake.storage_options.clone().into_iter().collect();
+    let lake = Lake::new(&config.lake.path, storage)?;
+    // Create the tables up front so readers see them and positions can be read.
+    for kind in campo_lake::TableKind::ALL {
+        lake.open_or_create(kind).await?;
+    }
+    let dedup = positions::rebuild_dedup(&lake, &config.ingest).await.map_err(IngestError::Dedup)?;
+    stats.dedup_keys.store(dedup.len(), Ordering::Relaxed);
+    let shared = Arc::new(Shared {
+        config,
+        lake,
+        stats,
+        shutdown,
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let (flush_tx, flush_rx) = tokio::sync::mpsc::channel(shared.config.ingest.max_pending_flushes);
+    let (event_tx, event_rx) = std::sync::mpsc::channel();
+    let writer = tokio::spawn(writer::run(shared.clone(), flush_rx, event_tx));
+    let consumer_shared = shared.clone();
+    let consumer = std::thread::Builder::new()
+        .name("campo-consumer".into())
+        .spawn(move || consumer::run(consumer_shared, dedup, flush_tx, event_rx))
+        .map_err(|e| IngestError::Thread(e.to_string()))?;
+    let writer_result = writer.await.map_err(|e| IngestError::Thread(e.to_string()))?;
+    let consumer_result = tokio::task::spawn_blocking(move || consumer.join())
+        .await
+        .map_err(|e| IngestError::Thread(e.to_string()))?
+        .map_err(|_| IngestError::Thread("consumer thread panicked".into()))?;
+    writer_result?;
+    consumer_result
+}

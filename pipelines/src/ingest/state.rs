@@ -1,0 +1,259 @@
+//! What the consumer holds between two flushes: per-partition positions, the rows being
+//! buffered for each table, the dedup set, and the flush cut from them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use campo_lake::{OffsetTxn, TableCommit};
+
+use crate::contract::{Contract, Reason, Rejection, decode_activity, decode_reading, scrubbed_record};
+use crate::dedup::{Dedup, fingerprint, unix_minute};
+use crate::rows::{ActivityRows, Provenance, ReadingRows, RejectedRecord, RejectedRows};
+
+use super::{Counts, Flush};
+
+/// Where one assigned partition stands.
+#[derive(Debug, Clone)]
+pub struct PartitionPosition {
+    pub contract: Contract,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    /// The primary (bronze) table's txn version: every record up to it is committed.
+    pub bronze_v: Option<i64>,
+    /// The `rejected` table's txn version: invalid records up to it are in `rejected`.
+    pub rejected_v: Option<i64>,
+}
+
+impl PartitionPosition {
+    /// Where consumption resumes: right after the last committed offset.
+    pub fn resume_at(&self) -> Option<i64> {
+        self.bronze_v.map(|v| v + 1)
+    }
+}
+
+struct Part {
+    pos: PartitionPosition,
+    /// Last offset taken into the buffers (or committed).
+    last_seen: Option<i64>,
+}
+
+pub struct IngestState {
+    max_record_bytes: usize,
+    parts: HashMap<(Contract, i32), Part>,
+    readings: ReadingRows,
+    activity: ActivityRows,
+    rejected: RejectedRows,
+    /// Invalid records already in `rejected` whose DLQ message may not have been sent.
+    dlq_replay: Vec<RejectedRecord>,
+    keys: [Vec<u64>; 2],
+    counts: Counts,
+    covered: BTreeMap<(Contract, i32), i64>,
+    pub dedup: Dedup,
+    pub epoch: u64,
+    pub buffered_since: Option<Instant>,
+    /// A flush that was cut but not yet handed to the writer (it is full).
+    pub held: Option<Flush>,
+}
+
+fn idx(c: Contract) -> usize {
+    match c {
+        Contract::Reading => 0,
+        Contract::Activity => 1,
+    }
+}
+
+impl IngestState {
+    pub fn new(max_record_bytes: usize, dedup: Dedup) -> Self {
+        Self {
+            max_record_bytes,
+            parts: HashMap::new(),
+            readings: ReadingRows::default(),
+            activity: ActivityRows::default(),
+            rejected: RejectedRows::default(),
+            dlq_replay: Vec::new(),
+            keys: [Vec::new(), Vec::new()],
+            counts: Counts::default(),
+            covered: BTreeMap::new(),
+            dedup,
+            epoch: 1,
+            buffered_since: None,
+            held: None,
+        }
+    }
+
+    pub fn buffered_rows(&self) -> usize {
+        self.readings.len() + self.activity.len() + self.rejected.len() + self.dlq_replay.len()
+    }
+
+    pub fn has_data(&self) -> bool {
+        !self.covered.is_empty()
+    }
+
+    pub fn assigned(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Replaces the assignment with these positions (buffers must be empty).
+    pub fn assign(&mut self, positions: Vec<PartitionPosition>) {
+        self.parts = positions
+            .into_iter()
+            .map(|pos| ((pos.contract, pos.partition), Part { last_seen: pos.bronze_v, pos }))
+            .collect();
+    }
+
+    /// Drops every buffered row and the held flush, forgetting their dedup keys; positions are
+    /// then stale, so callers re-read them from the lake or clear the assignment.
+    pub fn drop_buffers(&mut self) {
+        if let Some(f) = self.held.take() {
+            self.dedup.forget(&f.keys[0]);
+            self.dedup.forget(&f.keys[1]);
+        }
+        for k in &mut self.keys {
+            self.dedup.forget(k);
+            k.clear();
+        }
+        self.readings.finish();
+        self.activity.finish();
+        self.rejected.finish();
+        self.dlq_replay.clear();
+        self.covered.clear();
+        self.counts = Counts::default();
+        self.buffered_since = None;
+    }
+
+    pub fn clear_assignment(&mut self) {
+        self.drop_buffers();
+        self.parts.clear();
+    }
+
+    /// Takes one consumed record into the buffers. Records of partitions not assigned, and
+    /// offsets already taken or committed, are ignored.
+    pub fn process(&mut self, contract: Contract, partition: i32, offset: i64, payload: Option<&[u8]>, now_us: i64) {
+        let Some(part) = self.parts.get_mut(&(contract, partition)) else { return };
+        if part.last_seen.is_some_and(|l| offset <= l) {
+            return;
+        }
+        part.last_seen = Some(offset);
+        let replayed_reject = part.pos.rejected_v.is_some_and(|r| offset <= r);
+        let topic = part.pos.topic.clone();
+        self.covered.insert((contract, partition), offset);
+        self.buffered_since.get_or_insert_with(Instant::now);
+        let prov = Provenance { topic: &topic, partition, offset, ingested_at_us: now_us, late: false };
+        let i = idx(contract);
+        let bytes = payload.unwrap_or_default();
+        let result = match contract {
+            Contract::Reading => decode_reading(bytes, self.max_record_bytes).map(|r| {
+                let fp = fingerprint(contract, &r.envelope.idempotency_key);
+                let fresh = self.dedup.admit(fp, unix_minute(now_us));
+                if fresh {
+                    self.readings.push(&r, &prov);
+                }
+                (fp, fresh)
+            }),
+            Contract::Activity => decode_activity(bytes, self.max_record_bytes).map(|a| {
+                let fp = fingerprint(contract, &a.envelope.idempotency_key);
+                let fresh = self.dedup.admit(fp, unix_minute(now_us));
+                if fresh {
+                    self.activity.push(&a, &prov);
+                }
+                (fp, fresh)
+            }),
+        };
+        match result {
+            Ok((fp, true)) => {
+                self.keys[i].push(fp);
+                self.counts.bronze[i] += 1;
+            }
+            Ok((_, false)) => self.counts.duplicate[i] += 1,
+            Err(rejection) => {
+                let rejection = if payload.is_none() {
+                    Rejection { reason: Reason::NotJson, message: "record has no value (tombstone)".into() }
+                } else {
+                    rejection
+                };
+                *self.counts.rejected.entry((i, rejection.reason)).or_default() += 1;
+                let rec = rejected_record(&topic, partition, offset, bytes, rejection, now_us);
+                if replayed_reject {
+                    self.dlq_replay.push(rec);
+                } else {
+                    self.rejected.push(rec);
+                }
+            }
+        }
+    }
+
+    /// Cuts everything buffered into one flush, advancing the expected txn versions.
+    pub fn cut(&mut self) -> Option<Flush> {
+        if self.covered.is_empty() {
+            return None;
+        }
+        let has_rejected = !self.rejected.is_empty();
+        let mut tables: [TableCommit; 2] = Default::default();
+        let mut rejected = TableCommit::default();
+        let mut positions = Vec::new();
+        for ((contract, partition), last) in std::mem::take(&mut self.covered) {
+            let part = self.parts.get_mut(&(contract, partition)).expect("covered partitions are assigned");
+            let topic = part.pos.topic.to_string();
+            tables[idx(contract)].txns.push(OffsetTxn {
+                topic: topic.clone(),
+                partition,
+                expected: part.pos.bronze_v,
+                last,
+            });
+            part.pos.bronze_v = Some(last);
+            if has_rejected && part.pos.rejected_v.is_none_or(|r| last > r) {
+                rejected.txns.push(OffsetTxn { topic: topic.clone(), partition, expected: part.pos.rejected_v, last });
+                part.pos.rejected_v = Some(last);
+            }
+            positions.push((topic, partition, last));
+        }
+        if !self.readings.is_empty() {
+            tables[0].batches.push(self.readings.finish());
+        }
+        if !self.activity.is_empty() {
+            tables[1].batches.push(self.activity.finish());
+        }
+        let mut dlq = std::mem::take(&mut self.dlq_replay);
+        if has_rejected {
+            let (batch, records) = self.rejected.finish();
+            rejected.batches.push(batch);
+            dlq.extend(records);
+        }
+        let [readings, activity] = tables;
+        self.buffered_since = None;
+        Some(Flush {
+            epoch: self.epoch,
+            readings,
+            activity,
+            rejected,
+            dlq,
+            keys: std::mem::take(&mut self.keys),
+            counts: std::mem::take(&mut self.counts),
+            positions,
+        })
+    }
+}
+
+fn rejected_record(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    bytes: &[u8],
+    rejection: Rejection,
+    now_us: i64,
+) -> RejectedRecord {
+    let at = chrono::DateTime::from_timestamp_micros(now_us).unwrap_or_default();
+    let record = scrubbed_record(bytes, rejection.reason != Reason::TooLarge);
+    RejectedRecord {
+        source_topic: topic.to_string(),
+        partition,
+        offset,
+        reason: rejection.reason.code(),
+        message: rejection.message,
+        size_bytes: bytes.len() as i64,
+        rejected_at: at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        record,
+        rejected_at_us: now_us,
+    }
+}

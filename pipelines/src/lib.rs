@@ -1,0 +1,11 @@
+//! campo's streaming pipelines: the Kafka source, event contracts, dedup, dead letters, the
+//! bronze ingest run loop, and the traffic simulator.
+
+pub mod config;
+pub mod contract;
+pub mod dedup;
+pub mod ingest;
+pub mod rows;
+pub mod simulate;
+
+pub use config::Config;

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, installing what it needs first (idempotent, cached outside the clone):
+#   - tansu 0.6, an Apache-Kafka-compatible broker, for the end-to-end and crash tests;
+#   - a Python venv with deltalake, polars and duckdb (+ its delta extension) for interop tests.
+# Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${CAMPO_CACHE:-$HOME/.cache/campo}"
+mkdir -p "$CACHE"
+
+# --- tansu (about 10 minutes the first time on 2 cores, then cached) ---
+TANSU_VERSION=0.6.0
+TANSU_ROOT="$CACHE/tansu-$TANSU_VERSION"
+if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
+  echo "==> installing tansu $TANSU_VERSION into $TANSU_ROOT (once per machine)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features dynostore \
+    --root "$TANSU_ROOT.partial"
+  rm -rf "$TANSU_ROOT" && mv "$TANSU_ROOT.partial" "$TANSU_ROOT"
+fi
+export CAMPO_TANSU="$TANSU_ROOT/bin/tansu"
+
+# --- Python readers ---
+REQ=tests/python/requirements.txt
+VENV="$CACHE/venv-$(sha256sum "$REQ" | cut -c1-12)"
+if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
+  echo "==> creating the Python venv $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
+  touch "$VENV/.complete"
+fi
+export CAMPO_PYTHON="$VENV/bin/python"
+
+echo "==> cargo test (tansu: $CAMPO_TANSU, python: $CAMPO_PYTHON)"
+cargo test --workspace --locked "$@"

@@ -1,0 +1,108 @@
+//! End-to-end tests against a real broker process (tansu), through the `campo` binary.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// `campo run` as a child process on a broker, a lake and a group.
+pub fn campo_run(brokers: &str, lake: &Path, group: &str, topics: (&str, &str, &str), extra: &[&str]) -> Child {
+    Command::new(campo_bin())
+        .args(["run", "--brokers", brokers, "--group-id", group, "--lake", lake.to_str().unwrap(), "--flush-interval", "300ms"])
+        .args(["--metrics-listen", ""])
+        .env("CAMPO__KAFKA__READINGS_TOPIC", topics.0)
+        .env("CAMPO__KAFKA__ACTIVITY_TOPIC", topics.1)
+        .env("CAMPO__KAFKA__DLQ_TOPIC", topics.2)
+        .env("CAMPO_LOG", "warn")
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start campo run")
+}
+
+pub fn topics(tag: &str) -> (String, String, String) {
+    let t = unique(tag);
+    (format!("{t}.readings"), format!("{t}.activity"), format!("{t}.dlq"))
+}
+
+pub fn stop(mut child: Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "campo run exited with {status} on SIGTERM");
+}
+
+pub async fn bronze_rows(lake: &campo_lake::Lake) -> i64 {
+    scalar(lake, "SELECT count(*) FROM readings").await + scalar(lake, "SELECT count(*) FROM activity").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_broker_bronze_and_dlq_hold_exactly_what_was_planted() {
+    let broker = Broker::start();
+    let (r, a, d) = topics("e2e");
+    broker.create_topic(&r, 4);
+    broker.create_topic(&a, 4);
+    broker.create_topic(&d, 1);
+    let totals = simulate(&[
+        "--brokers", &broker.addr, "--count", "20000", "--rate", "0", "--seed", "5", "--partitions", "0",
+        "--readings-topic", &r, "--activity-topic", &a, "--invalid-share", "0.04", "--duplicate-share", "0.04",
+        "--late-share", "0.02", "--out-of-order-share", "0.05", "--start", "2026-11-22T08:00:00Z", "--speed", "60",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let lake_path = dir.path().join("lake");
+    let child = campo_run(&broker.addr, &lake_path, &unique("g"), (&r, &a, &d), &[]);
+    let lake = lake(&lake_path);
+    let expected = total(&totals, "unique_valid", &r) + total(&totals, "unique_valid", &a);
+    let invalid = invalid_total(&totals, &r) + invalid_total(&totals, &a);
+    wait_until(Duration::from_secs(120), "bronze and rejected complete", || {
+        let l = lake.clone();
+        async move { l.open("rejected").await.is_ok() && bronze_rows(&l).await >= expected && scalar(&l, "SELECT count(*) FROM rejected").await >= invalid }
+    })
+    .await;
+    stop(child);
+    assert_eq!(scalar(&lake, "SELECT count(*) FROM readings").await, total(&totals, "unique_valid", &r));
+    assert_eq!(scalar(&lake, "SELECT count(*) FROM activity").await, total(&totals, "unique_valid", &a));
+    assert_eq!(scalar(&lake, "SELECT count(DISTINCT idempotency_key) FROM readings").await, total(&totals, "unique_valid", &r));
+    let by_reason = counts_by(&lake, "SELECT source_topic || ':' || reason, count(*) FROM rejected GROUP BY 1").await;
+    for topic in [&r, &a] {
+        for (reason, n) in totals["invalid"][topic.as_str()].as_object().unwrap() {
+            assert_eq!(by_reason.get(&format!("{topic}:{reason}")).copied(), n.as_i64(), "{topic}:{reason}");
+        }
+    }
+    assert_eq!(by_reason.values().sum::<i64>(), invalid);
+    // Late and out-of-order events are in bronze like any other valid event.
+    let late = scalar(&lake, "SELECT count(*) FROM readings r JOIN readings s ON r.kafka_partition = s.kafka_partition AND r.kafka_offset = s.kafka_offset + 1 WHERE r.occurred_at < s.occurred_at - INTERVAL '100 seconds'").await;
+    assert!(late > 0, "late events reached bronze");
+    assert_eq!(scalar(&lake, "SELECT count(*) FROM rejected WHERE record LIKE '%@example.org%'").await, 0);
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_waited_for_and_then_consumed() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (r, a, d) = topics("late-broker");
+    let dir = tempfile::tempdir().unwrap();
+    let lake_path = dir.path().join("lake");
+    let child = campo_run(&addr, &lake_path, &unique("g"), (&r, &a, &d), &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(child.id() > 0);
+    let broker = Broker::start_on(port);
+    broker.create_topic(&r, 2);
+    broker.create_topic(&a, 2);
+    broker.create_topic(&d, 1);
+    let totals = simulate(&[
+        "--brokers", &addr, "--count", "3000", "--rate", "0", "--seed", "9", "--partitions", "0",
+        "--readings-topic", &r, "--activity-topic", &a, "--invalid-share", "0", "--duplicate-share", "0",
+    ]);
+    let lake = lake(&lake_path);
+    let expected = total(&totals, "unique_valid", &r) + total(&totals, "unique_valid", &a);
+    wait_until(Duration::from_secs(120), "bronze complete after the broker came up", || {
+        let l = lake.clone();
+        async move { bronze_rows(&l).await >= expected }
+    })
+    .await;
+    stop(child);
+    assert_eq!(bronze_rows(&lake).await, expected);
+}

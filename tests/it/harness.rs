@@ -1,0 +1,152 @@
+//! Shared test harness: the tansu broker, the campo binary, the Python readers, lake queries.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use campo_lake::Lake;
+use campo_lake::arrow::array::{Array, AsArray};
+use campo_lake::arrow::datatypes::Int64Type;
+
+pub fn campo_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_campo")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("CAMPO_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/campo"))
+}
+
+/// The tansu binary installed by scripts/test.sh. Missing it is a failure, not a skip.
+pub fn tansu_bin() -> PathBuf {
+    let p = std::env::var_os("CAMPO_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("tansu-0.6.0/bin/tansu"));
+    assert!(p.exists(), "tansu not found at {}: run scripts/test.sh, which installs it", p.display());
+    p
+}
+
+/// The venv Python with deltalake, polars and duckdb, installed by scripts/test.sh.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("CAMPO_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("python3"));
+    let ok = Command::new(&p).args(["-c", "import deltalake, polars, duckdb"]).status().is_ok_and(|s| s.success());
+    assert!(ok, "{} cannot import deltalake, polars and duckdb: run scripts/test.sh, which installs them", p.display());
+    p
+}
+
+/// A tansu broker on a free loopback port, stopped (SIGTERM) on drop.
+pub struct Broker {
+    child: Child,
+    pub addr: String,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Broker {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let addr = format!("127.0.0.1:{port}");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "tansu did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker { child, addr }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let st = Command::new(tansu_bin())
+            .args(["topic", "create", "--broker", &format!("tcp://{}", self.addr), "--partitions", &partitions.to_string(), name])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "tansu topic create {name}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A unique suffix for topic and group names.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple().to_string().get(..8).unwrap())
+}
+
+pub fn lake(path: &Path) -> Lake {
+    Lake::new(path.to_str().unwrap(), Default::default()).unwrap()
+}
+
+/// `SELECT count(*)`-style single integer.
+pub async fn scalar(lake: &Lake, sql: &str) -> i64 {
+    let b = lake.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let col = campo_lake::arrow::compute::cast(b[0].column(0), &campo_lake::arrow::datatypes::DataType::Int64).unwrap();
+    let col = col.as_primitive::<Int64Type>();
+    if col.is_null(0) { 0 } else { col.value(0) }
+}
+
+/// Rows of a two-column (string, count) query, as a sorted map.
+pub async fn counts_by(lake: &Lake, sql: &str) -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for b in lake.query(sql).await.unwrap() {
+        let k = campo_lake::arrow::compute::cast(b.column(0), &campo_lake::arrow::datatypes::DataType::Utf8).unwrap();
+        let v = campo_lake::arrow::compute::cast(b.column(1), &campo_lake::arrow::datatypes::DataType::Int64).unwrap();
+        for i in 0..b.num_rows() {
+            out.insert(k.as_string::<i32>().value(i).to_string(), v.as_primitive::<Int64Type>().value(i));
+        }
+    }
+    out
+}
+
+/// Runs `campo simulate` into a file or broker and returns its totals.
+pub fn simulate(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(campo_bin()).arg("simulate").args(args).arg("--json").output().unwrap();
+    assert!(out.status.success(), "campo simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn total(v: &serde_json::Value, key: &str, topic: &str) -> i64 {
+    v[key][topic].as_i64().unwrap_or(0)
+}
+
+pub fn invalid_total(v: &serde_json::Value, topic: &str) -> i64 {
+    v["invalid"][topic].as_object().map(|m| m.values().map(|x| x.as_i64().unwrap()).sum()).unwrap_or(0)
+}
+
+/// Polls until `f` is true or the limit passes (then panics with `what`).
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

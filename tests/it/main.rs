@@ -1,0 +1,8 @@
+//! campo's integration tests: one binary for the whole crate (link time on 2 cores).
+
+mod cli;
+mod crash;
+mod e2e;
+mod harness;
+mod interop;
+mod mock;
