@@ -1,0 +1,61 @@
+//! Reading the lake back with DataFusion: every table registered by name.
+
+use deltalake::arrow::array::{Array, AsArray};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::DataType;
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::datafusion::prelude::SessionContext;
+use futures_util::StreamExt;
+
+use crate::error::{LakeError, Result, delta};
+use crate::lake::{Lake, TableKind};
+
+impl Lake {
+    /// A DataFusion session with every campo table that exists in this lake registered by name.
+    pub async fn session(&self) -> Result<SessionContext> {
+        let ctx = SessionContext::new();
+        for kind in TableKind::ALL {
+            let name = kind.name();
+            let Ok(table) = self.open(name).await else { continue };
+            table.update_datafusion_session(&ctx.state()).map_err(delta(name))?;
+            let provider = table.table_provider().await.map_err(|source| LakeError::Query {
+                table: name.into(),
+                source,
+            })?;
+            ctx.register_table(name, provider).map_err(|source| LakeError::Query {
+                table: name.into(),
+                source,
+            })?;
+        }
+        Ok(ctx)
+    }
+
+    /// Runs one query over the lake and collects its batches.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let ctx = self.session().await?;
+        let q = |source| LakeError::Query { table: "(query)".into(), source };
+        ctx.sql(sql).await.map_err(q)?.collect().await.map_err(q)
+    }
+
+    /// Streams the single string column a query returns, one value at a time (nulls skipped),
+    /// without collecting the whole result. Returns how many values were seen.
+    pub async fn for_each_string(&self, sql: &str, mut f: impl FnMut(&str)) -> Result<usize> {
+        let ctx = self.session().await?;
+        let q = |source| LakeError::Query { table: "(query)".into(), source };
+        let mut stream = ctx.sql(sql).await.map_err(q)?.execute_stream().await.map_err(q)?;
+        let mut n = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(q)?;
+            let col = cast(batch.column(0), &DataType::Utf8)
+                .map_err(|e| q(deltalake::datafusion::error::DataFusionError::ArrowError(Box::new(e), None)))?;
+            let strings = col.as_string::<i32>();
+            for i in 0..strings.len() {
+                if strings.is_valid(i) {
+                    f(strings.value(i));
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}

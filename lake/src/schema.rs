@@ -1,0 +1,85 @@
+//! Arrow schemas of the bronze and rejected tables (SPEC 7).
+//!
+//! Every timestamp is UTC microseconds. Bronze tables are partitioned by `event_date`, the UTC
+//! date of `occurred_at`; `rejected` by `rejected_date`, the UTC date it was rejected.
+
+use std::sync::{Arc, LazyLock};
+
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+/// Timestamp type used in every table: microseconds, UTC.
+pub fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn envelope() -> Vec<Field> {
+    vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("schema_version", DataType::Utf8, false),
+        Field::new("occurred_at", ts(), false),
+        Field::new("producer", DataType::Utf8, false),
+        Field::new("idempotency_key", DataType::Utf8, false),
+        Field::new("trace_id", DataType::Utf8, false),
+    ]
+}
+
+fn provenance() -> Vec<Field> {
+    vec![
+        Field::new("kafka_topic", DataType::Utf8, false),
+        Field::new("kafka_partition", DataType::Int32, false),
+        Field::new("kafka_offset", DataType::Int64, false),
+        Field::new("ingested_at", ts(), false),
+        Field::new("late", DataType::Boolean, false),
+        Field::new("event_date", DataType::Date32, false),
+    ]
+}
+
+/// `readings`: one row per valid, unique vibrational reading.
+pub static READINGS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut f = envelope();
+    f.extend([
+        Field::new("user_hash", DataType::Utf8, false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("hz", DataType::Float64, false),
+        Field::new("hz_bucket", DataType::Int32, false),
+        Field::new("hz_bucket_derived", DataType::Boolean, false),
+        Field::new("mood_delta", DataType::Float64, true),
+        Field::new("entropy", DataType::Float64, true),
+        Field::new("action_type", DataType::Utf8, true),
+    ]);
+    f.extend(provenance());
+    Arc::new(Schema::new(f))
+});
+
+/// `activity`: one row per valid, unique user-activity event.
+pub static ACTIVITY: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut f = envelope();
+    f.extend([
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("user_hash", DataType::Utf8, false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("route", DataType::Utf8, true),
+        Field::new("status", DataType::Int32, true),
+        Field::new("latency_ms", DataType::Float64, true),
+        Field::new("waf_blocked", DataType::Boolean, true),
+        Field::new("items_count", DataType::Int64, true),
+        Field::new("entropy", DataType::Float64, true),
+    ]);
+    f.extend(provenance());
+    Arc::new(Schema::new(f))
+});
+
+/// `rejected`: the DLQ record's fields as columns (SPEC 1), plus the partition column.
+pub static REJECTED: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("source_topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("message", DataType::Utf8, false),
+        Field::new("size_bytes", DataType::Int64, false),
+        Field::new("rejected_at", ts(), false),
+        Field::new("record", DataType::Utf8, false),
+        Field::new("rejected_date", DataType::Date32, false),
+    ]))
+});

@@ -1,0 +1,251 @@
+//! The exactly-once table writer.
+//!
+//! Every commit carries one Delta transaction action (`txn`) per Kafka partition whose rows it
+//! holds: app id `{pipeline}-{topic}-{partition}`, version = the last offset covered. Before each
+//! commit the writer compares the table's current txn versions with what the caller expects
+//! (the version its rows continue from); if they differ, someone else moved those offsets and the
+//! commit is refused. Commits use no automatic retries, so a commit never lands on top of a
+//! version the check did not see: on any failure the writer reloads the table and checks again.
+
+use std::collections::HashMap;
+
+use deltalake::DeltaTable;
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+
+use crate::error::{Result, delta};
+use crate::lake::{Lake, TableKind};
+
+/// The app id of a `(pipeline, topic, partition)` in Delta txn actions (SPEC 7).
+pub fn app_id(pipeline: &str, topic: &str, partition: i32) -> String {
+    format!("{pipeline}-{topic}-{partition}")
+}
+
+/// The offsets one commit covers for one Kafka partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetTxn {
+    pub topic: String,
+    pub partition: i32,
+    /// The txn version this commit continues from; `None` when the table has none yet.
+    pub expected: Option<i64>,
+    /// The last offset covered; becomes the txn version.
+    pub last: i64,
+}
+
+/// Rows for one table plus the offsets they cover.
+#[derive(Debug, Clone, Default)]
+pub struct TableCommit {
+    pub batches: Vec<RecordBatch>,
+    pub txns: Vec<OffsetTxn>,
+}
+
+impl TableCommit {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed { version: u64 },
+    /// The table's txn version for `app_id` is `found`, not the `expected` one the rows continue
+    /// from: the offsets moved underneath this commit, which is therefore not written.
+    Refused { app_id: String, expected: Option<i64>, found: Option<i64> },
+}
+
+/// Writes one table with per-partition exactly-once commits.
+pub struct TableWriter {
+    name: &'static str,
+    pipeline: String,
+    table: DeltaTable,
+    /// txn versions known at the table's loaded version (filled lazily).
+    txns: HashMap<String, Option<i64>>,
+    /// Files already written for the commit in progress, kept across retries.
+    staged: Option<Vec<Add>>,
+}
+
+impl TableWriter {
+    pub async fn open(lake: &Lake, kind: TableKind, pipeline: &str) -> Result<Self> {
+        let table = lake.open_or_create(kind).await?;
+        Ok(Self {
+            name: kind.name(),
+            pipeline: pipeline.to_string(),
+            table,
+            txns: HashMap::new(),
+            staged: None,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn version(&self) -> Option<u64> {
+        self.table.version()
+    }
+
+    /// Brings the table to its latest version and forgets cached txn versions.
+    pub async fn reload(&mut self) -> Result<()> {
+        self.table.update_incremental(None).await.map_err(delta(self.name))?;
+        self.txns.clear();
+        Ok(())
+    }
+
+    /// The txn version of `(topic, partition)` at the loaded table version.
+    pub async fn txn_version(&mut self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let id = app_id(&self.pipeline, topic, partition);
+        if let Some(v) = self.txns.get(&id) {
+            return Ok(*v);
+        }
+        let state = self.table.snapshot().map_err(delta(self.name))?;
+        let v = state
+            .transaction_version(self.table.log_store().as_ref(), &id)
+            .await
+            .map_err(delta(self.name))?;
+        self.txns.insert(id, v);
+        Ok(v)
+    }
+
+    /// Checks the expected offsets, writes the files (once, even across retries) and commits
+    /// them with their txn actions. An error leaves the staged files for the next attempt; the
+    /// caller reloads and calls again, or drops the commit with [`TableWriter::abandon`].
+    pub async fn commit(&mut self, commit: &TableCommit) -> Result<CommitOutcome> {
+        for t in &commit.txns {
+            let found = self.txn_version(&t.topic, t.partition).await?;
+            if found != t.expected {
+                self.staged = None;
+                return Ok(CommitOutcome::Refused {
+                    app_id: app_id(&self.pipeline, &t.topic, t.partition),
+                    expected: t.expected,
+                    found,
+                });
+            }
+        }
+        if self.staged.is_none() {
+            let mut writer = RecordBatchWriter::for_table(&self.table).map_err(delta(self.name))?;
+            for b in &commit.batches {
+                if b.num_rows() > 0 {
+                    writer.write(b.clone()).await.map_err(delta(self.name))?;
+                }
+            }
+            self.staged = Some(writer.flush().await.map_err(delta(self.name))?);
+        }
+        let adds = self.staged.clone().unwrap_or_default();
+        let txns: Vec<Transaction> = commit
+            .txns
+            .iter()
+            .map(|t| {
+                Transaction::new_with_last_update(
+                    app_id(&self.pipeline, &t.topic, t.partition),
+                    t.last,
+                    Some(chrono::Utc::now().timestamp_millis()),
+                )
+            })
+            .collect();
+        let props = CommitProperties::default()
+            .with_max_retries(0)
+            .with_application_transactions(txns);
+        let snapshot = self.table.snapshot().map_err(delta(self.name))?;
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(snapshot.metadata().partition_columns().to_vec()),
+            predicate: None,
+        };
+        let finalized = CommitBuilder::from(props)
+            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await
+            .map_err(delta(self.name))?;
+        let version = finalized.version();
+        self.table.state = Some(finalized.snapshot());
+        self.staged = None;
+        for t in &commit.txns {
+            self.txns.insert(app_id(&self.pipeline, &t.topic, t.partition), Some(t.last));
+        }
+        Ok(CommitOutcome::Committed { version })
+    }
+
+    /// Forgets files staged for a commit that will not be retried (vacuum removes them).
+    pub fn abandon(&mut self) {
+        self.staged = None;
+    }
+
+    pub fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use deltalake::arrow::array::{ArrayRef, Date32Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
+
+    use super::*;
+
+    fn rejected_rows(offsets: &[i64]) -> RecordBatch {
+        let n = offsets.len();
+        let s = |v: &str| Arc::new(StringArray::from(vec![v; n])) as ArrayRef;
+        RecordBatch::try_new(
+            TableKind::Rejected.schema(),
+            vec![
+                s("t"),
+                Arc::new(Int32Array::from(vec![0; n])),
+                Arc::new(Int64Array::from(offsets.to_vec())),
+                s("not_json"),
+                s("msg"),
+                Arc::new(Int64Array::from(vec![10; n])),
+                Arc::new(TimestampMicrosecondArray::from(vec![1_700_000_000_000_000; n]).with_timezone("UTC")),
+                s("{"),
+                Arc::new(Date32Array::from(vec![19_675; n])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn commit(offsets: &[i64], expected: Option<i64>) -> TableCommit {
+        TableCommit {
+            batches: vec![rejected_rows(offsets)],
+            txns: vec![OffsetTxn { topic: "t".into(), partition: 0, expected, last: *offsets.last().unwrap() }],
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_carry_txn_versions_and_moved_offsets_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
+        let mut a = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        let mut b = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        assert_eq!(a.commit(&commit(&[0, 1, 2], None)).await.unwrap(), CommitOutcome::Committed { version: 1 });
+        // The same rows again, continuing from nothing: refused.
+        let again = a.commit(&commit(&[0, 1, 2], None)).await.unwrap();
+        assert!(matches!(again, CommitOutcome::Refused { found: Some(2), .. }), "{again:?}");
+        // A second writer that has not seen the commit fails to commit, then sees it and refuses.
+        assert!(b.commit(&commit(&[0, 1], None)).await.is_err());
+        b.reload().await.unwrap();
+        assert!(matches!(b.commit(&commit(&[0, 1], None)).await.unwrap(), CommitOutcome::Refused { .. }));
+        // Continuing from the right version works, from either writer.
+        assert!(matches!(b.commit(&commit(&[3, 4], Some(2))).await.unwrap(), CommitOutcome::Committed { .. }));
+        a.reload().await.unwrap();
+        assert_eq!(a.txn_version("t", 0).await.unwrap(), Some(4));
+        assert_eq!(a.txn_version("t", 1).await.unwrap(), None);
+        let n = lake.query("SELECT count(*) FROM rejected").await.unwrap();
+        let count = deltalake::arrow::array::AsArray::as_primitive::<deltalake::arrow::datatypes::Int64Type>(n[0].column(0)).value(0);
+        assert_eq!(count, 5);
+    }
+
+    #[tokio::test]
+    async fn a_txn_only_commit_advances_the_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
+        let mut w = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        let c = TableCommit { batches: vec![], txns: vec![OffsetTxn { topic: "t".into(), partition: 3, expected: None, last: 99 }] };
+        assert!(matches!(w.commit(&c).await.unwrap(), CommitOutcome::Committed { .. }));
+        let mut fresh = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        assert_eq!(fresh.txn_version("t", 3).await.unwrap(), Some(99));
+        assert_eq!(fresh.txn_version("t", 3).await.unwrap(), Some(99));
+    }
+}
