@@ -87,7 +87,16 @@ pub struct RunArgs {
 
 pub fn init_tracing(g: &GlobalArgs) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&g.log).unwrap_or_else(|e| {
+    // librdkafka and delta-kernel report every failed connect or absent table at ERROR; campo
+    // reports the state changes itself, once each. Name their targets in --log to see them.
+    let mut spec = g.log.clone();
+    for (target, quiet) in [("rdkafka", "rdkafka=off,librdkafka=off"), ("kernel", "buoyant_kernel=off,delta_kernel=off"), ("deltalake", "deltalake_core=warn")] {
+        if !spec.contains(target) {
+            spec.push(',');
+            spec.push_str(quiet);
+        }
+    }
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|e| {
         eprintln!("warning: bad --log filter {:?} ({e}); using info", g.log);
         EnvFilter::new("info")
     });

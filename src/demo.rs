@@ -157,9 +157,11 @@ async fn summary(cfg: &Config, stats: &Stats) -> anyhow::Result<()> {
         println!("  {:<10} {n:>9} rows", kind.name());
     }
     let path = lake.local_root().map(|p| p.display().to_string()).unwrap_or_else(|| lake.root().to_string());
+    let path = path.trim_end_matches('/');
     println!("\nlook at it:");
     println!("  python3 -c \"import polars as pl; print(pl.read_delta('{path}/readings').group_by('region').len())\"");
     println!("  python3 -c \"from deltalake import DeltaTable; print(DeltaTable('{path}/rejected').to_pandas()[['reason','message']].head())\"");
     println!("  duckdb -c \"LOAD delta; SELECT kind, count(*) FROM delta_scan('{path}/activity') GROUP BY 1\"");
+    println!("  (scripts/test.sh leaves a venv with all three readers under ~/.cache/campo/venv-*)");
     Ok(())
 }
