@@ -90,7 +90,7 @@ pub fn init_tracing(g: &GlobalArgs) {
     // librdkafka and delta-kernel report every failed connect or absent table at ERROR; campo
     // reports the state changes itself, once each. Name their targets in --log to see them.
     let mut spec = g.log.clone();
-    for (target, quiet) in [("rdkafka", "rdkafka=off,librdkafka=off"), ("kernel", "buoyant_kernel=off,delta_kernel=off"), ("deltalake", "deltalake_core=warn")] {
+    for (target, quiet) in [("rdkafka", "rdkafka=off,librdkafka=off"), ("kernel", "buoyant_kernel=off,delta_kernel=off"), ("deltalake", "deltalake_core=error")] {
         if !spec.contains(target) {
             spec.push(',');
             spec.push_str(quiet);

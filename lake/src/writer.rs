@@ -56,6 +56,16 @@ pub enum CommitOutcome {
     Refused { app_id: String, expected: Option<i64>, found: Option<i64> },
 }
 
+/// Another writer committed a version this commit was not built on.
+fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError as T;
+    matches!(
+        e,
+        deltalake::DeltaTableError::VersionAlreadyExists(_)
+            | deltalake::DeltaTableError::Transaction { source: T::MaxCommitAttempts(_) | T::VersionAlreadyExists(_) }
+    )
+}
+
 /// Writes one table with per-partition exactly-once commits.
 pub struct TableWriter {
     name: &'static str,
@@ -109,29 +119,62 @@ impl TableWriter {
         Ok(v)
     }
 
-    /// Checks the expected offsets, writes the files (once, even across retries) and commits
-    /// them with their txn actions. An error leaves the staged files for the next attempt; the
-    /// caller reloads and calls again, or drops the commit with [`TableWriter::abandon`].
+    /// Checks the expected offsets against the latest table version, writes the files (once,
+    /// even across retries) and commits them with their txn actions. A concurrent commit by
+    /// another writer is not an error: the table is reloaded and the check runs again. An error
+    /// (storage) leaves the staged files for the next attempt; the caller retries or drops the
+    /// commit with [`TableWriter::abandon`].
     pub async fn commit(&mut self, commit: &TableCommit) -> Result<CommitOutcome> {
+        let mut reloaded = false;
+        for _attempt in 0..1000 {
+            if let Some(refusal) = self.check(commit).await? {
+                if reloaded {
+                    self.staged = None;
+                    return Ok(refusal);
+                }
+                // Our view may be stale: refuse only on the latest version.
+                self.reload().await?;
+                reloaded = true;
+                continue;
+            }
+            match self.try_commit(commit).await {
+                Ok(version) => return Ok(CommitOutcome::Committed { version }),
+                Err(e) if is_conflict(&e) => {
+                    tracing::debug!(table = self.name, "concurrent commit; re-checking on the latest version");
+                    self.reload().await?;
+                    reloaded = true;
+                }
+                Err(e) => return Err(delta(self.name)(e)),
+            }
+        }
+        Err(delta(self.name)(deltalake::DeltaTableError::Generic(
+            "gave up after 1000 concurrent commits in a row".into(),
+        )))
+    }
+
+    async fn check(&mut self, commit: &TableCommit) -> Result<Option<CommitOutcome>> {
         for t in &commit.txns {
             let found = self.txn_version(&t.topic, t.partition).await?;
             if found != t.expected {
-                self.staged = None;
-                return Ok(CommitOutcome::Refused {
+                return Ok(Some(CommitOutcome::Refused {
                     app_id: app_id(&self.pipeline, &t.topic, t.partition),
                     expected: t.expected,
                     found,
-                });
+                }));
             }
         }
+        Ok(None)
+    }
+
+    async fn try_commit(&mut self, commit: &TableCommit) -> Result<u64, deltalake::DeltaTableError> {
         if self.staged.is_none() {
-            let mut writer = RecordBatchWriter::for_table(&self.table).map_err(delta(self.name))?;
+            let mut writer = RecordBatchWriter::for_table(&self.table)?;
             for b in &commit.batches {
                 if b.num_rows() > 0 {
-                    writer.write(b.clone()).await.map_err(delta(self.name))?;
+                    writer.write(b.clone()).await?;
                 }
             }
-            self.staged = Some(writer.flush().await.map_err(delta(self.name))?);
+            self.staged = Some(writer.flush().await?);
         }
         let adds = self.staged.clone().unwrap_or_default();
         let txns: Vec<Transaction> = commit
@@ -148,7 +191,7 @@ impl TableWriter {
         let props = CommitProperties::default()
             .with_max_retries(0)
             .with_application_transactions(txns);
-        let snapshot = self.table.snapshot().map_err(delta(self.name))?;
+        let snapshot = self.table.snapshot()?;
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: Some(snapshot.metadata().partition_columns().to_vec()),
@@ -157,15 +200,14 @@ impl TableWriter {
         let finalized = CommitBuilder::from(props)
             .with_actions(adds.into_iter().map(Action::Add).collect())
             .build(Some(snapshot), self.table.log_store(), operation)
-            .await
-            .map_err(delta(self.name))?;
+            .await?;
         let version = finalized.version();
         self.table.state = Some(finalized.snapshot());
         self.staged = None;
         for t in &commit.txns {
             self.txns.insert(app_id(&self.pipeline, &t.topic, t.partition), Some(t.last));
         }
-        Ok(CommitOutcome::Committed { version })
+        Ok(version)
     }
 
     /// Forgets files staged for a commit that will not be retried (vacuum removes them).
@@ -223,10 +265,15 @@ mod tests {
         // The same rows again, continuing from nothing: refused.
         let again = a.commit(&commit(&[0, 1, 2], None)).await.unwrap();
         assert!(matches!(again, CommitOutcome::Refused { found: Some(2), .. }), "{again:?}");
-        // A second writer that has not seen the commit fails to commit, then sees it and refuses.
-        assert!(b.commit(&commit(&[0, 1], None)).await.is_err());
-        b.reload().await.unwrap();
-        assert!(matches!(b.commit(&commit(&[0, 1], None)).await.unwrap(), CommitOutcome::Refused { .. }));
+        // A second writer that has not seen the commit checks again on the latest version and
+        // refuses: those offsets were moved by the first.
+        assert!(matches!(b.commit(&commit(&[0, 1], None)).await.unwrap(), CommitOutcome::Refused { found: Some(2), .. }));
+        // A concurrent commit that does not touch our partitions is no conflict: it lands on top.
+        let other = TableCommit {
+            batches: vec![rejected_rows(&[7])],
+            txns: vec![OffsetTxn { topic: "t".into(), partition: 9, expected: None, last: 7 }],
+        };
+        assert!(matches!(a.commit(&other).await.unwrap(), CommitOutcome::Committed { .. }));
         // Continuing from the right version works, from either writer.
         assert!(matches!(b.commit(&commit(&[3, 4], Some(2))).await.unwrap(), CommitOutcome::Committed { .. }));
         a.reload().await.unwrap();
@@ -234,7 +281,7 @@ mod tests {
         assert_eq!(a.txn_version("t", 1).await.unwrap(), None);
         let n = lake.query("SELECT count(*) FROM rejected").await.unwrap();
         let count = deltalake::arrow::array::AsArray::as_primitive::<deltalake::arrow::datatypes::Int64Type>(n[0].column(0)).value(0);
-        assert_eq!(count, 5);
+        assert_eq!(count, 6);
     }
 
     #[tokio::test]
@@ -247,5 +294,22 @@ mod tests {
         let mut fresh = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
         assert_eq!(fresh.txn_version("t", 3).await.unwrap(), Some(99));
         assert_eq!(fresh.txn_version("t", 3).await.unwrap(), Some(99));
+    }
+
+    #[tokio::test]
+    async fn the_log_is_checkpointed_every_50_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
+        let mut w = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        let mut expected = None;
+        for last in 0..55 {
+            let c = TableCommit { batches: vec![], txns: vec![OffsetTxn { topic: "t".into(), partition: 0, expected, last }] };
+            assert!(matches!(w.commit(&c).await.unwrap(), CommitOutcome::Committed { .. }));
+            expected = Some(last);
+        }
+        let log = dir.path().join("rejected/_delta_log");
+        assert!(log.join("_last_checkpoint").exists(), "no checkpoint after 55 commits");
+        let mut fresh = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        assert_eq!(fresh.txn_version("t", 0).await.unwrap(), Some(54));
     }
 }

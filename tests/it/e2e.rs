@@ -10,7 +10,7 @@ use crate::harness::*;
 pub fn campo_run(brokers: &str, lake: &Path, group: &str, topics: (&str, &str, &str), extra: &[&str]) -> Child {
     Command::new(campo_bin())
         .args(["run", "--brokers", brokers, "--group-id", group, "--lake", lake.to_str().unwrap(), "--flush-interval", "300ms"])
-        .args(["--metrics-listen", ""])
+        .args(if extra.contains(&"--metrics-listen") { &[][..] } else { &["--metrics-listen", ""][..] })
         .env("CAMPO__KAFKA__READINGS_TOPIC", topics.0)
         .env("CAMPO__KAFKA__ACTIVITY_TOPIC", topics.1)
         .env("CAMPO__KAFKA__DLQ_TOPIC", topics.2)
@@ -51,7 +51,8 @@ async fn real_broker_bronze_and_dlq_hold_exactly_what_was_planted() {
     ]);
     let dir = tempfile::tempdir().unwrap();
     let lake_path = dir.path().join("lake");
-    let child = campo_run(&broker.addr, &lake_path, &unique("g"), (&r, &a, &d), &[]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let child = campo_run(&broker.addr, &lake_path, &unique("g"), (&r, &a, &d), &["--metrics-listen", &metrics]);
     let lake = lake(&lake_path);
     let expected = total(&totals, "unique_valid", &r) + total(&totals, "unique_valid", &a);
     let invalid = invalid_total(&totals, &r) + invalid_total(&totals, &a);
@@ -60,6 +61,17 @@ async fn real_broker_bronze_and_dlq_hold_exactly_what_was_planted() {
         async move { l.open("rejected").await.is_ok() && bronze_rows(&l).await >= expected && scalar(&l, "SELECT count(*) FROM rejected").await >= invalid }
     })
     .await;
+    // The counts are exported: every record in exactly one outcome.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = scrape(&metrics);
+    assert_eq!(metric(&m, "campo_records_total", &[("topic", &r), ("outcome", "bronze")]), total(&totals, "unique_valid", &r));
+    assert_eq!(metric(&m, "campo_records_total", &[("topic", &a), ("outcome", "bronze")]), total(&totals, "unique_valid", &a));
+    assert_eq!(metric(&m, "campo_records_total", &[("topic", &r), ("outcome", "duplicate")]), total(&totals, "duplicates", &r));
+    assert_eq!(metric(&m, "campo_records_total", &[("topic", &r), ("outcome", "dlq")]), invalid_total(&totals, &r));
+    assert_eq!(
+        metric(&m, "campo_rejected_total", &[("topic", &r), ("reason", "not_json")]),
+        totals["invalid"][r.as_str()]["not_json"].as_i64().unwrap_or(0)
+    );
     stop(child);
     assert_eq!(scalar(&lake, "SELECT count(*) FROM readings").await, total(&totals, "unique_valid", &r));
     assert_eq!(scalar(&lake, "SELECT count(*) FROM activity").await, total(&totals, "unique_valid", &a));
@@ -105,4 +117,77 @@ async fn an_unreachable_broker_is_waited_for_and_then_consumed() {
     .await;
     stop(child);
     assert_eq!(bronze_rows(&lake).await, expected);
+}
+
+/// GET /metrics over a plain TCP connection.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// The value of one sample, matched by name and labels (0 when absent).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> i64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse::<f64>().unwrap() as i64)
+        .unwrap_or(0)
+}
+
+/// Two instances in one group share the partitions; rebalances move them back and forth while
+/// a producer writes; the lake ends exact. (tansu: one record per producer batch, because a
+/// consumer resuming inside a batch would skip the rest of it; see shared/TANSU.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_partitions_through_rebalances_exactly_once() {
+    let broker = Broker::start();
+    let (r, a, d) = topics("rebalance");
+    broker.create_topic(&r, 4);
+    broker.create_topic(&a, 4);
+    broker.create_topic(&d, 1);
+    let producer = Command::new(campo_bin())
+        .args(["simulate", "--brokers", &broker.addr, "--count", "40000", "--rate", "4000", "--seed", "31", "--partitions", "0"])
+        .args(["--readings-topic", &r, "--activity-topic", &a, "--invalid-share", "0.02", "--duplicate-share", "0.03"])
+        .args(["--json", "-X", "batch.num.messages=1", "-X", "linger.ms=0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lake_path = dir.path().join("lake");
+    let group = unique("g");
+    let opts = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000"];
+    let first = campo_run(&broker.addr, &lake_path, &group, (&r, &a, &d), &opts);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = campo_run(&broker.addr, &lake_path, &group, (&r, &a, &d), &opts);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop(first);
+    let third = campo_run(&broker.addr, &lake_path, &group, (&r, &a, &d), &opts);
+    let out = producer.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let totals: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lake = lake(&lake_path);
+    let expected = total(&totals, "unique_valid", &r) + total(&totals, "unique_valid", &a);
+    let invalid = invalid_total(&totals, &r) + invalid_total(&totals, &a);
+    wait_until(Duration::from_secs(120), "bronze complete across rebalances", || {
+        let l = lake.clone();
+        async move { bronze_rows(&l).await >= expected && scalar(&l, "SELECT count(*) FROM rejected").await >= invalid }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop(second);
+    stop(third);
+    for (table, topic) in [("readings", &r), ("activity", &a)] {
+        assert_eq!(scalar(&lake, &format!("SELECT count(*) FROM {table}")).await, total(&totals, "unique_valid", topic), "{table}");
+        assert_eq!(
+            scalar(&lake, &format!("SELECT count(DISTINCT idempotency_key) FROM {table}")).await,
+            total(&totals, "unique_valid", topic),
+            "{table}: no duplicate"
+        );
+    }
+    assert_eq!(scalar(&lake, "SELECT count(*) FROM rejected").await, invalid);
 }

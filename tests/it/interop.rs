@@ -10,14 +10,29 @@ async fn python_deltalake_polars_and_duckdb_agree_on_the_bronze_tables() {
     let python = python();
     let dir = tempfile::tempdir().unwrap();
     let lake_path = dir.path().join("lake");
-    // The embedded demo writes a lake by itself.
-    let out = Command::new(campo_bin())
-        .args(["demo", "--lake", lake_path.to_str().unwrap(), "--duration", "6s", "--rate", "3000", "--metrics-listen", ""])
+    // The embedded demo writes a lake by itself; Ctrl-C stops it with everything committed.
+    let demo = Command::new(campo_bin())
+        .args(["demo", "--lake", lake_path.to_str().unwrap(), "--rate", "3000", "--metrics-listen", ""])
         .env("CAMPO_LOG", "warn")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(out.status.success(), "campo demo: {}", String::from_utf8_lossy(&out.stderr));
     let lake = lake(&lake_path);
+    wait_until(std::time::Duration::from_secs(60), "the demo committed rows", || {
+        let l = lake.clone();
+        async move { l.open("activity").await.is_ok() && scalar(&l, "SELECT count(*) FROM readings").await > 5000 }
+    })
+    .await;
+    Command::new("kill").args(["-INT", &demo.id().to_string()]).status().unwrap();
+    let out = demo.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "campo demo: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("stopped cleanly"), "{stdout}");
+    // What the demo says it wrote is what the lake holds.
+    let said = stdout.lines().find(|l| l.trim_start().starts_with("readings")).unwrap();
+    let said: i64 = said.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(said, scalar(&lake, "SELECT count(*) FROM readings").await);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/read_lake.py");
     let out = Command::new(&python).arg(script).arg(&lake_path).output().unwrap();
     assert!(out.status.success(), "read_lake.py: {}", String::from_utf8_lossy(&out.stderr));

@@ -20,6 +20,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use crate::contract::Contract;
 use crate::dedup::Dedup;
 
+use super::positions::rebuild_dedup;
 use super::{Flush, IngestError, IngestState, Shared, WriterEvent, read_positions};
 
 pub(crate) struct IngestContext {
@@ -39,6 +40,8 @@ impl IngestContext {
         }
     }
 
+    /// Flushes handed to the writer and not yet committed or dropped (the one it is writing
+    /// included).
     fn pending(&self) -> usize {
         self.shared.stats.pending_flushes.load(Ordering::SeqCst)
     }
@@ -55,9 +58,10 @@ impl IngestContext {
         true
     }
 
-    /// Reads the committed positions of `tpl`'s partitions from the lake, retrying while the
-    /// lake cannot be read (consumption of these partitions waits for it).
-    fn positions_for(&self, tpl: &TopicPartitionList) -> Option<Vec<super::PartitionPosition>> {
+    /// Reads the committed positions of `tpl`'s partitions from the lake, and the dedup set
+    /// from bronze (another instance may have committed keys since ours was built), retrying
+    /// while the lake cannot be read (consumption of these partitions waits for it).
+    fn positions_for(&self, tpl: &TopicPartitionList) -> Option<(Vec<super::PartitionPosition>, Dedup)> {
         let parts: Vec<_> = tpl
             .elements()
             .iter()
@@ -66,11 +70,12 @@ impl IngestContext {
         let mut backoff = Duration::from_millis(200);
         let mut logged = false;
         loop {
-            let r = self.shared.runtime.block_on(read_positions(
-                &self.shared.lake,
-                &self.shared.config.ingest.pipeline,
-                &parts,
-            ));
+            let r = self.shared.runtime.block_on(async {
+                let positions =
+                    read_positions(&self.shared.lake, &self.shared.config.ingest.pipeline, &parts).await?;
+                let dedup = rebuild_dedup(&self.shared.lake, &self.shared.config.ingest).await?;
+                Ok::<_, campo_lake::LakeError>((positions, dedup))
+            });
             match r {
                 Ok(p) => {
                     if logged {
@@ -136,7 +141,7 @@ impl ConsumerContext for IngestContext {
                 if !self.wait_writer_idle(Duration::from_secs(30)) {
                     tracing::warn!("writer still busy after 30 s; positions may be refreshed by a refused commit");
                 }
-                let Some(positions) = self.positions_for(tpl) else { return };
+                let Some((positions, dedup)) = self.positions_for(tpl) else { return };
                 for p in &positions {
                     let offset = p.resume_at().map_or(Offset::Beginning, Offset::Offset);
                     if let Err(e) = tpl.set_partition_offset(&p.topic, p.partition, offset) {
@@ -150,6 +155,7 @@ impl ConsumerContext for IngestContext {
                 );
                 let mut state = self.state.lock().expect("state lock");
                 state.assign(positions);
+                state.dedup = dedup;
                 self.shared.stats.assigned_partitions.store(state.assigned(), Ordering::Relaxed);
                 drop(state);
                 if let Err(e) = consumer.assign(tpl) {
@@ -305,6 +311,9 @@ impl Loop<'_> {
 
     fn try_send_held(&self) {
         let mut st = self.ctx().state.lock().expect("state");
+        if st.held.is_none() || self.ctx().pending() >= self.shared.config.ingest.max_pending_flushes {
+            return;
+        }
         let Some(flush) = st.held.take() else { return };
         self.shared.stats.pending_flushes.fetch_add(1, Ordering::SeqCst);
         match self.flush_tx.try_send(flush) {
@@ -349,14 +358,16 @@ impl Loop<'_> {
         }
         self.drain_events();
         let Ok(assignment) = self.consumer.assignment() else { return };
-        let Some(positions) = self.ctx().positions_for(&assignment) else { return };
+        let Some((positions, dedup)) = self.ctx().positions_for(&assignment) else { return };
         for p in &positions {
             let offset = p.resume_at().map_or(Offset::Beginning, Offset::Offset);
             if let Err(e) = self.consumer.seek(&p.topic, p.partition, offset, Duration::from_secs(10)) {
                 tracing::error!(error = %e, topic = %p.topic, partition = p.partition, "seek failed");
             }
         }
-        self.ctx().state.lock().expect("state").assign(positions);
+        let mut st = self.ctx().state.lock().expect("state");
+        st.assign(positions);
+        st.dedup = dedup;
     }
 
     /// On shutdown: flush what is buffered and wait until the writer has committed it.

@@ -127,8 +127,6 @@ pub enum IngestError {
     Lake(#[from] campo_lake::LakeError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("rebuilding the dedup set from bronze: {0}")]
-    Dedup(campo_lake::LakeError),
     #[error("consumer thread: {0}")]
     Thread(String),
 }
@@ -143,8 +141,8 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: Shutdown) -> Resul
     for kind in campo_lake::TableKind::ALL {
         lake.open_or_create(kind).await?;
     }
-    let dedup = positions::rebuild_dedup(&lake, &config.ingest).await.map_err(IngestError::Dedup)?;
-    stats.dedup_keys.store(dedup.len(), Ordering::Relaxed);
+    // The dedup set is rebuilt from bronze at every assignment (see consumer.rs).
+    let dedup = crate::dedup::Dedup::new(config.ingest.dedup_horizon, config.ingest.dedup_max_keys);
     let shared = Arc::new(Shared {
         config,
         lake,
