@@ -56,6 +56,19 @@ pub enum CommitOutcome {
     Refused { app_id: String, expected: Option<i64>, found: Option<i64> },
 }
 
+/// Parquet settings: Snappy as delta-rs does, without dictionaries for the columns that are
+/// unique per row (a dictionary there only costs time before Parquet falls back to plain).
+fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
+    use deltalake::parquet::basic::Compression;
+    use deltalake::parquet::file::properties::WriterProperties;
+    use deltalake::parquet::schema::types::ColumnPath;
+    let mut b = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    for col in ["event_id", "idempotency_key", "trace_id", "kafka_offset", "record"] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(col), false);
+    }
+    b.build()
+}
+
 /// Another writer committed a version this commit was not built on.
 fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
     use deltalake::kernel::transaction::TransactionError as T;
@@ -168,7 +181,7 @@ impl TableWriter {
 
     async fn try_commit(&mut self, commit: &TableCommit) -> Result<u64, deltalake::DeltaTableError> {
         if self.staged.is_none() {
-            let mut writer = RecordBatchWriter::for_table(&self.table)?;
+            let mut writer = RecordBatchWriter::for_table(&self.table)?.with_writer_properties(writer_properties());
             for b in &commit.batches {
                 if b.num_rows() > 0 {
                     writer.write(b.clone()).await?;

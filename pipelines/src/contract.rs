@@ -400,7 +400,8 @@ fn non_empty<'a>(v: Option<Cow<'a, str>>, name: &str, max_chars: Option<usize>) 
         return reject(Reason::OutOfRange, format!("field `{name}` must not be empty"));
     }
     if let Some(max) = max_chars {
-        if s.chars().count() > max {
+        // At most `max` bytes is at most `max` characters: count only the long ones.
+        if s.len() > max && s.chars().count() > max {
             return reject(Reason::OutOfRange, format!("field `{name}` is longer than {max} characters"));
         }
     }

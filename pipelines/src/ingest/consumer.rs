@@ -247,24 +247,35 @@ impl Loop<'_> {
             self.try_send_held();
             let hold = self.ctx().state.lock().expect("state").held.is_some();
             self.set_paused(hold);
-            match self.consumer.poll(Duration::from_millis(50)) {
-                Some(Ok(m)) => {
-                    if !self.shared.stats.kafka_ready.swap(true, Ordering::SeqCst) {
-                        tracing::info!("kafka ready");
+            // A burst: wait for the first record, then take what is already fetched. One clock
+            // read and one set of bookkeeping per burst keeps the per-record cost down.
+            let now = chrono::Utc::now().timestamp_micros();
+            let mut timeout = Duration::from_millis(50);
+            let mut taken = 0u64;
+            while taken < 2048 {
+                match self.consumer.poll(timeout) {
+                    Some(Ok(m)) => {
+                        taken += 1;
+                        timeout = Duration::ZERO;
+                        if let Some(contract) = self.ctx().contract_of(m.topic()) {
+                            let mut st = self.ctx().state.lock().expect("state");
+                            st.process(contract, m.partition(), m.offset(), m.payload(), now);
+                        }
                     }
-                    self.shared.stats.consumed.fetch_add(1, Ordering::Relaxed);
-                    if let Some(contract) = self.ctx().contract_of(m.topic()) {
-                        let now = chrono::Utc::now().timestamp_micros();
-                        let mut st = self.ctx().state.lock().expect("state");
-                        st.process(contract, m.partition(), m.offset(), m.payload(), now);
+                    Some(Err(e)) => {
+                        if self.shared.stats.kafka_ready.swap(false, Ordering::SeqCst) {
+                            tracing::warn!(error = %e, "kafka consume error; retrying");
+                        }
+                        break;
                     }
+                    None => break,
                 }
-                Some(Err(e)) => {
-                    if self.shared.stats.kafka_ready.swap(false, Ordering::SeqCst) {
-                        tracing::warn!(error = %e, "kafka consume error; retrying");
-                    }
+            }
+            if taken > 0 {
+                self.shared.stats.consumed.fetch_add(taken, Ordering::Relaxed);
+                if !self.shared.stats.kafka_ready.swap(true, Ordering::SeqCst) {
+                    tracing::info!("kafka ready");
                 }
-                None => {}
             }
             let mut st = self.ctx().state.lock().expect("state");
             let due = st.buffered_since.is_some_and(|t| t.elapsed() >= cfg.flush_interval)
@@ -372,28 +383,19 @@ impl Loop<'_> {
 
     /// On shutdown: flush what is buffered and wait until the writer has committed it.
     fn finish(&mut self) {
-        {
-            let mut st = self.ctx().state.lock().expect("state");
-            if st.held.is_none() {
-                st.held = st.cut();
-            }
-        }
         loop {
             self.drain_events();
-            self.try_send_held();
-            let st = self.ctx().state.lock().expect("state");
-            let done = st.held.is_none();
-            let more = if done && st.has_data() { true } else { false };
-            drop(st);
-            if more {
+            {
                 let mut st = self.ctx().state.lock().expect("state");
-                st.held = st.cut();
-                continue;
+                if st.held.is_none() {
+                    st.held = st.cut();
+                }
+                if st.held.is_none() {
+                    break;
+                }
             }
-            if done {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            self.try_send_held();
+            std::thread::sleep(Duration::from_millis(5));
         }
         while !self.ctx().wait_writer_idle(Duration::from_millis(100)) {
             self.drain_events();
