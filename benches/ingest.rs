@@ -47,9 +47,7 @@ fn main() {
     let soak_rate: u64 = std::env::var("CAMPO_BENCH_SOAK_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let broker = harness::Broker::start();
     let (r, a) = ("bench.readings", "bench.activity");
-    broker.create_topic(r, 4);
-    broker.create_topic(a, 4);
-    broker.create_topic("campo.dlq", 1);
+    broker.create_topics((r, a, "campo.dlq"), 4);
     println!("producing {n} events into tansu at {} ...", broker.addr);
     let t = Instant::now();
     let totals = harness::simulate(&[

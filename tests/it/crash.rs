@@ -28,9 +28,7 @@ async fn kill_9_twenty_times_loses_nothing_and_duplicates_nothing() {
     const EVENTS: &str = "200000";
     let broker = Broker::start();
     let (r, a, d) = topics("crash");
-    broker.create_topic(&r, 4);
-    broker.create_topic(&a, 4);
-    broker.create_topic(&d, 1);
+    broker.create_topics((&r, &a, &d), 4);
     let producer = Command::new(campo_bin())
         .args(["simulate", "--brokers", &broker.addr, "--count", EVENTS, "--rate", "0", "--seed", "77", "--partitions", "0"])
         .args(["--readings-topic", &r, "--activity-topic", &a, "--invalid-share", "0.02", "--duplicate-share", "0.02"])

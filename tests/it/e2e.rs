@@ -41,9 +41,7 @@ pub async fn bronze_rows(lake: &campo_lake::Lake) -> i64 {
 async fn real_broker_bronze_and_dlq_hold_exactly_what_was_planted() {
     let broker = Broker::start();
     let (r, a, d) = topics("e2e");
-    broker.create_topic(&r, 4);
-    broker.create_topic(&a, 4);
-    broker.create_topic(&d, 1);
+    broker.create_topics((&r, &a, &d), 4);
     let totals = simulate(&[
         "--brokers", &broker.addr, "--count", "20000", "--rate", "0", "--seed", "5", "--partitions", "0",
         "--readings-topic", &r, "--activity-topic", &a, "--invalid-share", "0.04", "--duplicate-share", "0.04",
@@ -101,9 +99,7 @@ async fn an_unreachable_broker_is_waited_for_and_then_consumed() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(child.id() > 0);
     let broker = Broker::start_on(port);
-    broker.create_topic(&r, 2);
-    broker.create_topic(&a, 2);
-    broker.create_topic(&d, 1);
+    broker.create_topics((&r, &a, &d), 2);
     let totals = simulate(&[
         "--brokers", &addr, "--count", "3000", "--rate", "0", "--seed", "9", "--partitions", "0",
         "--readings-topic", &r, "--activity-topic", &a, "--invalid-share", "0", "--duplicate-share", "0",
@@ -146,9 +142,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> i64 {
 async fn two_instances_share_partitions_through_rebalances_exactly_once() {
     let broker = Broker::start();
     let (r, a, d) = topics("rebalance");
-    broker.create_topic(&r, 4);
-    broker.create_topic(&a, 4);
-    broker.create_topic(&d, 1);
+    broker.create_topics((&r, &a, &d), 4);
     let producer = Command::new(campo_bin())
         .args(["simulate", "--brokers", &broker.addr, "--count", "40000", "--rate", "4000", "--seed", "31", "--partitions", "0"])
         .args(["--readings-topic", &r, "--activity-topic", &a, "--invalid-share", "0.02", "--duplicate-share", "0.03"])

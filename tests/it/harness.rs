@@ -68,6 +68,13 @@ impl Broker {
         Broker { child, addr }
     }
 
+    /// The readings and activity topics with `partitions` each, and a one-partition DLQ.
+    pub fn create_topics(&self, (readings, activity, dlq): (&str, &str, &str), partitions: i32) {
+        self.create_topic(readings, partitions);
+        self.create_topic(activity, partitions);
+        self.create_topic(dlq, 1);
+    }
+
     pub fn create_topic(&self, name: &str, partitions: i32) {
         let st = Command::new(tansu_bin())
             .args(["topic", "create", "--broker", &format!("tcp://{}", self.addr), "--partitions", &partitions.to_string(), name])
