@@ -260,6 +260,9 @@ impl Loop<'_> {
                         if let Some(contract) = self.ctx().contract_of(m.topic()) {
                             let mut st = self.ctx().state.lock().expect("state");
                             st.process(contract, m.partition(), m.offset(), m.payload(), now);
+                            if st.buffered_rows() >= cfg.max_batch_rows {
+                                break;
+                            }
                         }
                     }
                     Some(Err(e)) => {
