@@ -7,7 +7,6 @@
 //! - `session.timeout.ms=6000` and each replacement starts only after it has passed: a group
 //!   can otherwise keep an empty assignment after its only member was killed.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -29,15 +28,10 @@ async fn kill_9_twenty_times_loses_nothing_and_duplicates_nothing() {
     let broker = Broker::start();
     let (r, a, d) = topics("crash");
     broker.create_topics((&r, &a, &d), 4);
-    let producer = Command::new(campo_bin())
-        .args(["simulate", "--brokers", &broker.addr, "--count", EVENTS, "--rate", "0", "--seed", "77", "--partitions", "0"])
-        .args(["--readings-topic", &r, "--activity-topic", &a, "--invalid-share", "0.02", "--duplicate-share", "0.02"])
-        .args(["--start", "2026-11-22T09:00:00Z", "--speed", "30", "--json"])
-        .args(["-X", "batch.num.messages=1", "-X", "linger.ms=0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let producer = one_record_batches_producer(&broker.addr, (&r, &a), &[
+        "--count", EVENTS, "--rate", "0", "--seed", "77", "--invalid-share", "0.02", "--duplicate-share", "0.02",
+        "--start", "2026-11-22T09:00:00Z", "--speed", "30",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let lake_path = dir.path().join("lake");
     let group = unique("crash-g");

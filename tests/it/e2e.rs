@@ -143,14 +143,9 @@ async fn two_instances_share_partitions_through_rebalances_exactly_once() {
     let broker = Broker::start();
     let (r, a, d) = topics("rebalance");
     broker.create_topics((&r, &a, &d), 4);
-    let producer = Command::new(campo_bin())
-        .args(["simulate", "--brokers", &broker.addr, "--count", "40000", "--rate", "4000", "--seed", "31", "--partitions", "0"])
-        .args(["--readings-topic", &r, "--activity-topic", &a, "--invalid-share", "0.02", "--duplicate-share", "0.03"])
-        .args(["--json", "-X", "batch.num.messages=1", "-X", "linger.ms=0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let producer = one_record_batches_producer(&broker.addr, (&r, &a), &[
+        "--count", "40000", "--rate", "4000", "--seed", "31", "--invalid-share", "0.02", "--duplicate-share", "0.03",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let lake_path = dir.path().join("lake");
     let group = unique("g");

@@ -157,3 +157,17 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// `campo simulate --json` as a child process sending one record per producer batch: tansu
+/// skips the rest of a batch when a consumer resumes inside it (shared/TANSU.md).
+pub fn one_record_batches_producer(brokers: &str, topics: (&str, &str), extra: &[&str]) -> std::process::Child {
+    Command::new(campo_bin())
+        .args(["simulate", "--brokers", brokers, "--partitions", "0", "--json"])
+        .args(["--readings-topic", topics.0, "--activity-topic", topics.1])
+        .args(["-X", "batch.num.messages=1", "-X", "linger.ms=0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start campo simulate")
+}

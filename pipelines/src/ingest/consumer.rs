@@ -154,8 +154,7 @@ impl ConsumerContext for IngestContext {
                     "partitions assigned; resuming from the Delta log"
                 );
                 let mut state = self.state.lock().expect("state lock");
-                state.assign(positions);
-                state.dedup = dedup;
+                state.assign(positions, dedup);
                 self.shared.stats.assigned_partitions.store(state.assigned(), Ordering::Relaxed);
                 drop(state);
                 if let Err(e) = consumer.assign(tpl) {
@@ -325,7 +324,7 @@ impl Loop<'_> {
 
     fn try_send_held(&self) {
         let mut st = self.ctx().state.lock().expect("state");
-        if st.held.is_none() || self.ctx().pending() >= self.shared.config.ingest.max_pending_flushes {
+        if self.ctx().pending() >= self.shared.config.ingest.max_pending_flushes {
             return;
         }
         let Some(flush) = st.held.take() else { return };
@@ -380,8 +379,7 @@ impl Loop<'_> {
             }
         }
         let mut st = self.ctx().state.lock().expect("state");
-        st.assign(positions);
-        st.dedup = dedup;
+        st.assign(positions, dedup);
     }
 
     /// On shutdown: flush what is buffered and wait until the writer has committed it.

@@ -94,8 +94,10 @@ impl IngestState {
         self.parts.len()
     }
 
-    /// Replaces the assignment with these positions (buffers must be empty).
-    pub fn assign(&mut self, positions: Vec<PartitionPosition>) {
+    /// Replaces the assignment with these positions and the dedup set rebuilt with them
+    /// (buffers must be empty).
+    pub fn assign(&mut self, positions: Vec<PartitionPosition>, dedup: Dedup) {
+        self.dedup = dedup;
         self.parts = positions
             .into_iter()
             .map(|pos| ((pos.contract, pos.partition), Part { last_seen: pos.bronze_v, pos }))
