@@ -11,22 +11,27 @@ use url::Url;
 use crate::error::{LakeError, Result, delta};
 use crate::schema;
 
-/// The tables campo writes in this scope.
+/// The tables campo writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TableKind {
     Readings,
     Activity,
     Rejected,
+    RegionMetrics1m,
+    Evu1m,
 }
 
 impl TableKind {
-    pub const ALL: [TableKind; 3] = [TableKind::Readings, TableKind::Activity, TableKind::Rejected];
+    pub const ALL: [TableKind; 5] =
+        [TableKind::Readings, TableKind::Activity, TableKind::Rejected, TableKind::RegionMetrics1m, TableKind::Evu1m];
 
     pub fn name(self) -> &'static str {
         match self {
             TableKind::Readings => "readings",
             TableKind::Activity => "activity",
             TableKind::Rejected => "rejected",
+            TableKind::RegionMetrics1m => "region_metrics_1m",
+            TableKind::Evu1m => "evu_1m",
         }
     }
 
@@ -35,6 +40,8 @@ impl TableKind {
             TableKind::Readings => schema::READINGS.clone(),
             TableKind::Activity => schema::ACTIVITY.clone(),
             TableKind::Rejected => schema::REJECTED.clone(),
+            TableKind::RegionMetrics1m => schema::REGION_METRICS_1M.clone(),
+            TableKind::Evu1m => schema::EVU_1M.clone(),
         }
     }
 
@@ -42,6 +49,7 @@ impl TableKind {
         match self {
             TableKind::Readings | TableKind::Activity => vec!["event_date".into()],
             TableKind::Rejected => vec!["rejected_date".into()],
+            TableKind::RegionMetrics1m | TableKind::Evu1m => vec!["window_date".into()],
         }
     }
 }

@@ -11,9 +11,11 @@ use crate::error::{LakeError, Result, delta};
 use crate::lake::{Lake, TableKind};
 
 impl Lake {
-    /// A DataFusion session with every campo table that exists in this lake registered by name.
+    /// A DataFusion session with every campo table that exists in this lake registered by name
+    /// and campo's functions (`campo_udfs`, default EVU weights) registered.
     pub async fn session(&self) -> Result<SessionContext> {
         let ctx = SessionContext::new();
+        campo_udfs::register(&ctx, [1.0; 4]);
         for kind in TableKind::ALL {
             let name = kind.name();
             let Ok(table) = self.open(name).await else { continue };

@@ -83,3 +83,49 @@ pub static REJECTED: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("rejected_date", DataType::Date32, false),
     ]))
 });
+
+fn window_key() -> Vec<Field> {
+    vec![
+        Field::new("region", DataType::Utf8, false),
+        Field::new("window_start", ts(), false),
+        Field::new("window_end", ts(), false),
+    ]
+}
+
+/// `region_metrics_1m` (SPEC 3): one row per region and closed window; partitioned by
+/// `window_date`, the UTC date of `window_start`.
+pub static REGION_METRICS_1M: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut f = window_key();
+    f.extend([
+        Field::new("readings", DataType::Int64, false),
+        Field::new("users", DataType::Int64, false),
+        Field::new("hz_mean", DataType::Float64, false),
+        Field::new("hz_p50", DataType::Float64, false),
+        Field::new("hz_p95", DataType::Float64, false),
+        Field::new("low_share", DataType::Float64, false),
+        Field::new("entropy", DataType::Float64, false),
+        Field::new("stability", DataType::Float64, false),
+        Field::new("sensorial_entropy", DataType::Float64, true),
+        Field::new("mood_mean", DataType::Float64, true),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("window_date", DataType::Date32, false),
+    ]);
+    Arc::new(Schema::new(f))
+});
+
+/// `evu_1m` (SPEC 4): one row per region and closed window with readings or activity.
+pub static EVU_1M: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut f = window_key();
+    f.extend([
+        Field::new("requests", DataType::Int64, false),
+        Field::new("latency", DataType::Float64, true),
+        Field::new("coherence", DataType::Float64, true),
+        Field::new("emotional", DataType::Float64, true),
+        Field::new("security", DataType::Float64, true),
+        Field::new("evu", DataType::Float64, true),
+        Field::new("error_rate", DataType::Float64, true),
+        Field::new("latency_p95_ms", DataType::Float64, true),
+        Field::new("window_date", DataType::Date32, false),
+    ]);
+    Arc::new(Schema::new(f))
+});

@@ -12,6 +12,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub lake: LakeConfig,
     pub ingest: IngestConfig,
+    pub windows: WindowsConfig,
+    pub signals: SignalsConfig,
     pub metrics: MetricsConfig,
 }
 
@@ -92,6 +94,58 @@ impl Default for IngestConfig {
     }
 }
 
+/// Event-time windows (SPEC 2).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowsConfig {
+    /// Run the signal pipelines (`region_metrics_1m`, `evu_1m`) as windows close.
+    pub enabled: bool,
+    /// Tumbling window size, aligned to the Unix epoch (the UTC minute for 1 min).
+    #[serde(with = "humantime_serde")]
+    pub size: Duration,
+    /// How far behind the largest event time the watermark trails.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// A partition read to its end with no record for this long does not hold the watermark back.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Rows of open windows held in memory past which a warning is logged (the state is
+    /// reported as `campo_window_open_rows`).
+    pub max_open_rows: usize,
+}
+
+impl Default for WindowsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            size: Duration::from_secs(60),
+            allowed_lateness: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(10),
+            max_open_rows: 20_000_000,
+        }
+    }
+}
+
+/// Thresholds and weights of the signals (SPEC 3 and 4).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalsConfig {
+    /// Below this Hz a user counts in `low_share` and a window's state is `collapse`.
+    pub low_hz: f64,
+    /// At or above this mean Hz a window's state is `expansion`.
+    pub high_hz: f64,
+    /// Apdex threshold T in milliseconds.
+    pub apdex_t_ms: f64,
+    /// EVU weights of latency, coherence, emotional and security.
+    pub evu_weights: [f64; 4],
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self { low_hz: 420.0, high_hz: 700.0, apdex_t_ms: 300.0, evu_weights: [1.0; 4] }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
@@ -154,6 +208,29 @@ impl Config {
         }
         if self.ingest.max_pending_flushes == 0 {
             return err("ingest.max_pending_flushes", "must be at least 1");
+        }
+        let w = &self.windows;
+        if w.size.as_micros() < 1_000_000 || w.size.as_micros() % 1_000_000 != 0 {
+            return err("windows.size", "must be a whole number of seconds, at least 1 s");
+        }
+        if (24 * 3600 * 1_000_000) % w.size.as_micros() != 0 {
+            return err("windows.size", "must divide a day evenly (e.g. 10s, 1m, 5m, 1h)");
+        }
+        if w.idle_timeout.is_zero() {
+            return err("windows.idle_timeout", "must be greater than zero");
+        }
+        let s = &self.signals;
+        if !(s.low_hz.is_finite() && s.low_hz > 0.0) {
+            return err("signals.low_hz", "must be a positive number");
+        }
+        if !(s.high_hz.is_finite() && s.high_hz > s.low_hz) {
+            return err("signals.high_hz", "must be a number above signals.low_hz");
+        }
+        if !(s.apdex_t_ms.is_finite() && s.apdex_t_ms > 0.0) {
+            return err("signals.apdex_t_ms", "must be a positive number of milliseconds");
+        }
+        if s.evu_weights.iter().any(|w| !w.is_finite() || *w < 0.0) || s.evu_weights.iter().sum::<f64>() <= 0.0 {
+            return err("signals.evu_weights", "must be four finite weights >= 0, not all zero");
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return err("metrics.listen", "must be an address like 127.0.0.1:9464, or empty");

@@ -7,5 +7,6 @@ pub mod dedup;
 pub mod ingest;
 pub mod rows;
 pub mod simulate;
+pub mod windows;
 
 pub use config::Config;

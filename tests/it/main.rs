@@ -6,3 +6,4 @@ mod e2e;
 mod harness;
 mod interop;
 mod mock;
+mod slt;

@@ -19,6 +19,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::contract::Contract;
 use crate::dedup::Dedup;
+use crate::windows::Watermarks;
 
 use super::positions::rebuild_dedup;
 use super::{Flush, IngestError, IngestState, Shared, WriterEvent, read_positions};
@@ -201,11 +202,14 @@ fn client_config(shared: &Shared) -> ClientConfig {
 pub(crate) fn run(
     shared: Arc<Shared>,
     dedup: Dedup,
+    closed_through: Option<i64>,
     flush_tx: Sender<Flush>,
     events: Receiver<WriterEvent>,
 ) -> Result<(), IngestError> {
+    let w = &shared.config.windows;
+    let wm = Watermarks::new(w.size, w.allowed_lateness, w.idle_timeout, closed_through);
     let ctx = IngestContext {
-        state: Mutex::new(IngestState::new(shared.config.ingest.max_record_bytes, dedup)),
+        state: Mutex::new(IngestState::new(shared.config.ingest.max_record_bytes, dedup, wm)),
         shared: shared.clone(),
     };
     let consumer: BaseConsumer<IngestContext> = client_config(&shared).create_with_context(ctx)?;
@@ -236,6 +240,7 @@ impl Loop<'_> {
         let cfg = &self.shared.config.ingest;
         let mut resync = false;
         let mut last_sweep = Instant::now();
+        let mut last_end_check = Instant::now();
         while !self.shared.shutdown.is_triggered() {
             resync |= self.drain_events();
             if resync {
@@ -249,6 +254,7 @@ impl Loop<'_> {
             // A burst: wait for the first record, then take what is already fetched. One clock
             // read and one set of bookkeeping per burst keeps the per-record cost down.
             let now = chrono::Utc::now().timestamp_micros();
+            let now_i = Instant::now();
             let mut timeout = Duration::from_millis(50);
             let mut taken = 0u64;
             while taken < 2048 {
@@ -258,7 +264,7 @@ impl Loop<'_> {
                         timeout = Duration::ZERO;
                         if let Some(contract) = self.ctx().contract_of(m.topic()) {
                             let mut st = self.ctx().state.lock().expect("state");
-                            st.process(contract, m.partition(), m.offset(), m.payload(), now);
+                            st.process(contract, m.partition(), m.offset(), m.payload(), now, now_i);
                             if st.buffered_rows() >= cfg.max_batch_rows {
                                 break;
                             }
@@ -280,8 +286,19 @@ impl Loop<'_> {
                 }
             }
             let mut st = self.ctx().state.lock().expect("state");
+            let now_i = Instant::now();
+            if taken == 0 || last_end_check.elapsed() >= Duration::from_millis(100) {
+                last_end_check = now_i;
+                self.update_caught_up(&mut st);
+            }
+            if st.wm.advance(now_i).is_some() {
+                st.advanced_at = Some(now_i);
+            }
+            // A window closing cuts at once: its rows reach the window stage without waiting
+            // for the flush interval.
             let due = st.buffered_since.is_some_and(|t| t.elapsed() >= cfg.flush_interval)
-                || st.buffered_rows() >= cfg.max_batch_rows;
+                || st.buffered_rows() >= cfg.max_batch_rows
+                || st.watermark_moved();
             if st.held.is_none() && due {
                 st.held = st.cut();
             }
@@ -295,6 +312,24 @@ impl Loop<'_> {
             }
             self.shared.stats.buffered_rows.store(st.buffered_rows(), Ordering::Relaxed);
             self.shared.stats.dedup_keys.store(st.dedup.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Marks each assigned partition caught up when the next offset to read has reached the
+    /// broker's end offset (librdkafka's cached high watermark, updated by every fetch).
+    fn update_caught_up(&self, st: &mut IngestState) {
+        let rk = self.consumer.client().native_ptr();
+        for (key, topic, partition, last_seen) in st.partitions() {
+            let Ok(topic) = std::ffi::CString::new(topic.as_bytes()) else { continue };
+            let (mut lo, mut hi) = (-1i64, -1i64);
+            // SAFETY: `rk` is the live client handle of `self.consumer`, `topic` a valid C string,
+            // and both outputs point to locals; the call only reads librdkafka's cached offsets.
+            let err = unsafe {
+                rdkafka::bindings::rd_kafka_get_watermark_offsets(rk, topic.as_ptr(), partition, &mut lo, &mut hi)
+            };
+            let next = last_seen.map_or(0, |l| l + 1).max(lo);
+            let caught_up = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0 && next >= hi;
+            st.wm.set_caught_up(key, caught_up);
         }
     }
 

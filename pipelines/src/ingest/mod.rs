@@ -24,13 +24,14 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use campo_lake::{Lake, TableCommit};
 
 use crate::config::Config;
 use crate::contract::Reason;
 use crate::rows::RejectedRecord;
+use crate::windows::{RegionSignal, WindowStage};
 
 pub use positions::read_positions;
 pub use state::{IngestState, PartitionPosition};
@@ -40,6 +41,8 @@ pub use state::{IngestState, PartitionPosition};
 pub struct Counts {
     pub bronze: [u64; 2],
     pub duplicate: [u64; 2],
+    /// Of `bronze`, rows flagged `late` (their window was already closed).
+    pub late: [u64; 2],
     pub rejected: BTreeMap<(usize, Reason), u64>,
 }
 
@@ -57,6 +60,11 @@ pub struct Flush {
     pub counts: Counts,
     /// `(topic, partition, last offset)` covered.
     pub positions: Vec<(String, i32, i64)>,
+    /// End of the last closed window at the cut: every non-late row of those windows is in
+    /// this flush or an earlier one.
+    pub watermark: Option<i64>,
+    /// When the watermark last advanced (to time window closes).
+    pub advanced_at: Option<std::time::Instant>,
 }
 
 /// What the writer tells the consumer.
@@ -84,9 +92,42 @@ pub struct Stats {
     pub buffered_rows: AtomicUsize,
     pub pending_flushes: AtomicUsize,
     pub dedup_keys: AtomicUsize,
+    /// Valid, unique events stored with `late = true` (readings, activity).
+    pub late: [AtomicU64; 2],
+    /// End of the last closed window (µs), 0 before any.
+    pub closed_through: AtomicI64,
+    pub windows_closed: AtomicU64,
+    pub window_open_rows: AtomicUsize,
+    /// The latest closed window of every region.
+    pub signals: Mutex<BTreeMap<String, RegionSignal>>,
+    /// Close-to-visible seconds of recent window closes, and seconds spent in SQL.
+    pub window_times: Mutex<WindowTimes>,
+}
+
+/// Timing of window closes, kept for progress output and the benchmark.
+#[derive(Debug, Default)]
+pub struct WindowTimes {
+    /// Seconds from the watermark passing a window's end to its rows being committed (the last
+    /// 100,000 closes).
+    pub close_to_visible: Vec<f64>,
+    /// Total seconds spent running the signal SQL.
+    pub sql_seconds: f64,
 }
 
 impl Stats {
+    pub(crate) fn record_window_close(&self, through: i64, visible: Option<f64>, sql_secs: f64) {
+        self.closed_through.store(through, Ordering::Relaxed);
+        self.windows_closed.fetch_add(1, Ordering::Relaxed);
+        let mut t = self.window_times.lock().expect("window times");
+        if let Some(v) = visible {
+            if t.close_to_visible.len() >= 100_000 {
+                t.close_to_visible.remove(0);
+            }
+            t.close_to_visible.push(v);
+        }
+        t.sql_seconds += sql_secs;
+    }
+
     pub fn committed_total(&self) -> u64 {
         (0..2)
             .map(|i| {
@@ -143,6 +184,27 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: Shutdown) -> Resul
     }
     // The dedup set is rebuilt from bronze at every assignment (see consumer.rs).
     let dedup = crate::dedup::Dedup::new(config.ingest.dedup_horizon, config.ingest.dedup_max_keys);
+    // The window stage resumes from the last window written and reloads the open ones.
+    let (window_tx, stage) = if config.windows.enabled {
+        let mut stage = WindowStage::open(&lake, &config, stats.clone(), shutdown.clone()).await?;
+        stage.load_open(&lake).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Some(tx), Some((stage, rx)))
+    } else {
+        (None, None)
+    };
+    let closed_through = stage.as_ref().and_then(|(s, _)| s.resume_through());
+    let stage = stage.map(|(s, rx)| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let r = s.run(rx).await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "signal pipelines failed; stopping");
+                shutdown.trigger();
+            }
+            r
+        })
+    });
     let shared = Arc::new(Shared {
         config,
         lake,
@@ -152,17 +214,22 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: Shutdown) -> Resul
     });
     let (flush_tx, flush_rx) = tokio::sync::mpsc::channel(shared.config.ingest.max_pending_flushes);
     let (event_tx, event_rx) = std::sync::mpsc::channel();
-    let writer = tokio::spawn(writer::run(shared.clone(), flush_rx, event_tx));
+    let writer = tokio::spawn(writer::run(shared.clone(), flush_rx, event_tx, window_tx));
     let consumer_shared = shared.clone();
     let consumer = std::thread::Builder::new()
         .name("campo-consumer".into())
-        .spawn(move || consumer::run(consumer_shared, dedup, flush_tx, event_rx))
+        .spawn(move || consumer::run(consumer_shared, dedup, closed_through, flush_tx, event_rx))
         .map_err(|e| IngestError::Thread(e.to_string()))?;
     let writer_result = writer.await.map_err(|e| IngestError::Thread(e.to_string()))?;
     let consumer_result = tokio::task::spawn_blocking(move || consumer.join())
         .await
         .map_err(|e| IngestError::Thread(e.to_string()))?
         .map_err(|_| IngestError::Thread("consumer thread panicked".into()))?;
+    let stage_result = match stage {
+        Some(s) => s.await.map_err(|e| IngestError::Thread(e.to_string()))?.map_err(IngestError::from),
+        None => Ok(()),
+    };
     writer_result?;
+    stage_result?;
     consumer_result
 }

@@ -10,6 +10,8 @@ use campo_lake::{OffsetTxn, TableCommit};
 use crate::contract::{Contract, Reason, Rejection, decode_activity, decode_reading, scrubbed_record};
 use crate::dedup::{Dedup, fingerprint, unix_minute};
 use crate::rows::{ActivityRows, Provenance, ReadingRows, RejectedRecord, RejectedRows};
+use crate::windows::Watermarks;
+use crate::windows::watermark::PartKey;
 
 use super::{Counts, Flush};
 
@@ -54,6 +56,12 @@ pub struct IngestState {
     pub buffered_since: Option<Instant>,
     /// A flush that was cut but not yet handed to the writer (it is full).
     pub held: Option<Flush>,
+    /// Event-time watermarks of the assigned partitions.
+    pub wm: Watermarks,
+    /// The watermark the last cut carried.
+    last_cut_wm: Option<i64>,
+    /// When the watermark last advanced.
+    pub advanced_at: Option<Instant>,
 }
 
 fn idx(c: Contract) -> usize {
@@ -64,7 +72,7 @@ fn idx(c: Contract) -> usize {
 }
 
 impl IngestState {
-    pub fn new(max_record_bytes: usize, dedup: Dedup) -> Self {
+    pub fn new(max_record_bytes: usize, dedup: Dedup, wm: Watermarks) -> Self {
         Self {
             max_record_bytes,
             parts: HashMap::new(),
@@ -79,7 +87,23 @@ impl IngestState {
             epoch: 1,
             buffered_since: None,
             held: None,
+            wm,
+            last_cut_wm: None,
+            advanced_at: None,
         }
+    }
+
+    /// Whether the watermark moved past what the last cut carried (a cut is due to close windows).
+    pub fn watermark_moved(&self) -> bool {
+        self.wm.closed_through() != self.last_cut_wm
+    }
+
+    /// Assigned partitions with the last offset taken, for end-of-partition checks.
+    pub fn partitions(&self) -> Vec<(PartKey, Arc<str>, i32, Option<i64>)> {
+        self.parts
+            .iter()
+            .map(|((c, p), part)| ((idx(*c), *p), part.pos.topic.clone(), *p, part.last_seen))
+            .collect()
     }
 
     pub fn buffered_rows(&self) -> usize {
@@ -98,6 +122,7 @@ impl IngestState {
     /// (buffers must be empty).
     pub fn assign(&mut self, positions: Vec<PartitionPosition>, dedup: Dedup) {
         self.dedup = dedup;
+        self.wm.assign(positions.iter().map(|p| (idx(p.contract), p.partition)), Instant::now());
         self.parts = positions
             .into_iter()
             .map(|pos| ((pos.contract, pos.partition), Part { last_seen: pos.bronze_v, pos }))
@@ -122,16 +147,27 @@ impl IngestState {
         self.covered.clear();
         self.counts = Counts::default();
         self.buffered_since = None;
+        // The dropped flush may have carried the watermark: the next cut carries it again.
+        self.last_cut_wm = None;
     }
 
     pub fn clear_assignment(&mut self) {
         self.drop_buffers();
         self.parts.clear();
+        self.wm.assign([], Instant::now());
     }
 
     /// Takes one consumed record into the buffers. Records of partitions not assigned, and
     /// offsets already taken or committed, are ignored.
-    pub fn process(&mut self, contract: Contract, partition: i32, offset: i64, payload: Option<&[u8]>, now_us: i64) {
+    pub fn process(
+        &mut self,
+        contract: Contract,
+        partition: i32,
+        offset: i64,
+        payload: Option<&[u8]>,
+        now_us: i64,
+        now: Instant,
+    ) {
         let Some(part) = self.parts.get_mut(&(contract, partition)) else { return };
         if part.last_seen.is_some_and(|l| offset <= l) {
             return;
@@ -143,31 +179,38 @@ impl IngestState {
         self.buffered_since.get_or_insert_with(Instant::now);
         let prov = Provenance { topic: &topic, partition, offset, ingested_at_us: now_us, late: false };
         let i = idx(contract);
+        let key = (i, partition);
+        self.wm.touch(key, now);
         let bytes = payload.unwrap_or_default();
         let result = match contract {
             Contract::Reading => decode_reading(bytes, self.max_record_bytes).map(|r| {
                 let fp = fingerprint(contract, &r.envelope.idempotency_key);
                 let fresh = self.dedup.admit(fp, unix_minute(now_us));
+                let late = self.wm.is_late(r.envelope.occurred_at_us);
                 if fresh {
-                    self.readings.push(&r, &prov);
+                    self.wm.observe(key, r.envelope.occurred_at_us, now);
+                    self.readings.push(&r, &Provenance { late, ..prov });
                 }
-                (fp, fresh)
+                (fp, fresh, late)
             }),
             Contract::Activity => decode_activity(bytes, self.max_record_bytes).map(|a| {
                 let fp = fingerprint(contract, &a.envelope.idempotency_key);
                 let fresh = self.dedup.admit(fp, unix_minute(now_us));
+                let late = self.wm.is_late(a.envelope.occurred_at_us);
                 if fresh {
-                    self.activity.push(&a, &prov);
+                    self.wm.observe(key, a.envelope.occurred_at_us, now);
+                    self.activity.push(&a, &Provenance { late, ..prov });
                 }
-                (fp, fresh)
+                (fp, fresh, late)
             }),
         };
         match result {
-            Ok((fp, true)) => {
+            Ok((fp, true, late)) => {
                 self.keys[i].push(fp);
                 self.counts.bronze[i] += 1;
+                self.counts.late[i] += u64::from(late);
             }
-            Ok((_, false)) => self.counts.duplicate[i] += 1,
+            Ok((_, false, _)) => self.counts.duplicate[i] += 1,
             Err(rejection) => {
                 let rejection = if payload.is_none() {
                     Rejection { reason: Reason::NotJson, message: "record has no value (tombstone)".into() }
@@ -186,10 +229,14 @@ impl IngestState {
     }
 
     /// Cuts everything buffered into one flush, advancing the expected txn versions.
+    /// A flush is cut when rows are buffered or the watermark moved (an empty flush then
+    /// carries it to the window stage).
     pub fn cut(&mut self) -> Option<Flush> {
-        if self.covered.is_empty() {
+        if self.covered.is_empty() && !self.watermark_moved() {
             return None;
         }
+        let watermark = self.wm.closed_through();
+        self.last_cut_wm = watermark;
         let has_rejected = !self.rejected.is_empty();
         let mut tables: [TableCommit; 2] = Default::default();
         let mut rejected = TableCommit::default();
@@ -233,6 +280,8 @@ impl IngestState {
             keys: std::mem::take(&mut self.keys),
             counts: std::mem::take(&mut self.counts),
             positions,
+            watermark,
+            advanced_at: self.advanced_at,
         })
     }
 }

@@ -9,6 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::contract::Reason;
+use crate::windows::WindowInput;
 
 use super::{Flush, IngestError, Shared, WriterEvent};
 
@@ -30,6 +31,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     mut flushes: tokio::sync::mpsc::Receiver<Flush>,
     events: std::sync::mpsc::Sender<WriterEvent>,
+    windows: Option<tokio::sync::mpsc::UnboundedSender<WindowInput>>,
 ) -> Result<(), IngestError> {
     let pipeline = &shared.config.ingest.pipeline;
     let mut tables = Tables {
@@ -54,6 +56,16 @@ pub(crate) async fn run(
                     shared.stats.flushes.fetch_add(1, Ordering::Relaxed);
                     metrics::histogram!("campo_flush_seconds").record(started.elapsed().as_secs_f64());
                     let _ = events.send(WriterEvent::Committed { positions: flush.positions.clone() });
+                    if let Some(w) = &windows {
+                        // Only committed rows reach the windows; a closed channel means the
+                        // stage stopped, and it stops the ingest itself.
+                        let _ = w.send(WindowInput {
+                            readings: flush.readings.batches.clone(),
+                            activity: flush.activity.batches.clone(),
+                            watermark: flush.watermark,
+                            advanced_at: flush.advanced_at,
+                        });
+                    }
                 }
                 (Step::Refused(why), uncommitted) => {
                     tracing::warn!(%why, "commit refused: offsets moved underneath it");
@@ -207,6 +219,8 @@ fn record_counts(shared: &Shared, f: &Flush) {
         let c = &f.counts;
         shared.stats.bronze[i].fetch_add(c.bronze[i], Ordering::Relaxed);
         shared.stats.duplicate[i].fetch_add(c.duplicate[i], Ordering::Relaxed);
+        shared.stats.late[i].fetch_add(c.late[i], Ordering::Relaxed);
+        metrics::counter!("campo_late_total", "topic" => topics[i].clone()).increment(c.late[i]);
         metrics::counter!("campo_records_total", "topic" => topics[i].clone(), "outcome" => "bronze").increment(c.bronze[i]);
         metrics::counter!("campo_records_total", "topic" => topics[i].clone(), "outcome" => "duplicate").increment(c.duplicate[i]);
     }

@@ -1,0 +1,403 @@
+//! The window stage: holds the open windows' rows, runs the signal SQL when the watermark
+//! passes a window's end, and commits the rows to `region_metrics_1m` and `evu_1m`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use campo_lake::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, TimestampMicrosecondArray,
+};
+use campo_lake::arrow::compute::{SortColumn, cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
+use campo_lake::arrow::datatypes::{Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
+use campo_lake::{CommitOutcome, Lake, LakeError, OffsetTxn, TableCommit, TableKind, TableWriter};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+
+use crate::config::Config;
+use crate::ingest::{Shutdown, Stats};
+
+use super::sql;
+
+/// Columns of `readings` the pipelines read (plus provenance for the fixed order).
+const READING_COLS: [&str; 10] = [
+    "region", "user_hash", "hz", "hz_bucket", "mood_delta", "entropy", "occurred_at", "kafka_topic",
+    "kafka_partition", "kafka_offset",
+];
+/// Columns of `activity` the pipelines read.
+const ACTIVITY_COLS: [&str; 12] = [
+    "region", "kind", "user_hash", "status", "latency_ms", "waf_blocked", "items_count", "entropy", "occurred_at",
+    "kafka_topic", "kafka_partition", "kafka_offset",
+];
+
+/// The txn "topic" of derived tables: app id `{pipeline}-windows-0`.
+const TXN_TOPIC: &str = "windows";
+
+/// What the writer hands over after a flush is committed to bronze.
+#[derive(Debug, Default)]
+pub struct WindowInput {
+    pub readings: Vec<RecordBatch>,
+    pub activity: Vec<RecordBatch>,
+    /// End of the last closed window as of the flush's cut.
+    pub watermark: Option<i64>,
+    /// When the watermark reached that window end (for close-to-visible latency).
+    pub advanced_at: Option<Instant>,
+}
+
+/// The latest closed window of a region, for live output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionSignal {
+    pub window_end_us: i64,
+    pub readings: i64,
+    pub hz_mean: f64,
+    pub low_share: f64,
+    pub state: String,
+    pub evu: Option<f64>,
+}
+
+struct Derived {
+    writer: TableWriter,
+    /// txn version: end of the last window written to this table.
+    through: Option<i64>,
+}
+
+pub struct WindowStage {
+    config: Config,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+    ctx: SessionContext,
+    size_us: i64,
+    tables: [Derived; 2],
+    readings: Vec<RecordBatch>,
+    activity: Vec<RecordBatch>,
+    reading_schema: SchemaRef,
+    activity_schema: SchemaRef,
+    rm_sql: String,
+    evu_sql: String,
+    warned_size: bool,
+}
+
+impl WindowStage {
+    /// Opens the derived tables and reads where they stand.
+    pub async fn open(lake: &Lake, config: &Config, stats: Arc<Stats>, shutdown: Shutdown) -> Result<Self, LakeError> {
+        let pipeline = &config.ingest.pipeline;
+        let mut tables = Vec::new();
+        for kind in [TableKind::RegionMetrics1m, TableKind::Evu1m] {
+            let mut writer = TableWriter::open(lake, kind, pipeline).await?;
+            let through = writer.txn_version(TXN_TOPIC, 0).await?;
+            tables.push(Derived { writer, through });
+        }
+        let tables: [Derived; 2] = tables.try_into().unwrap_or_else(|_| unreachable!());
+        let with_windows = |source: &SchemaRef, cols: &[&str]| {
+            let mut fields: Vec<Field> =
+                cols.iter().map(|c| source.field_with_name(c).expect("bronze column").clone()).collect();
+            fields.push(Field::new("window_start", campo_lake::schema::ts(), false));
+            fields.push(Field::new("window_end", campo_lake::schema::ts(), false));
+            Arc::new(Schema::new(fields))
+        };
+        let stage = Self {
+            ctx: sql::session(&config.signals),
+            size_us: config.windows.size.as_micros() as i64,
+            reading_schema: with_windows(&TableKind::Readings.schema(), &READING_COLS),
+            activity_schema: with_windows(&TableKind::Activity.schema(), &ACTIVITY_COLS),
+            rm_sql: sql::render(sql::REGION_METRICS_1M, &config.signals),
+            evu_sql: sql::render(sql::EVU_1M, &config.signals),
+            config: config.clone(),
+            stats,
+            shutdown,
+            tables,
+            readings: Vec::new(),
+            activity: Vec::new(),
+            warned_size: false,
+        };
+        if let Some(t) = stage.resume_through() {
+            stage.stats.closed_through.store(t, Ordering::Relaxed);
+        }
+        Ok(stage)
+    }
+
+    /// Where the watermark resumes: the end of the last window written (to any table; a table
+    /// behind the other catches up from bronze).
+    pub fn resume_through(&self) -> Option<i64> {
+        self.tables.iter().filter_map(|t| t.through).max()
+    }
+
+    /// The oldest window end both tables have: rows of later windows are reloaded from bronze.
+    fn reload_from(&self) -> Option<i64> {
+        let [a, b] = &self.tables;
+        a.through.zip(b.through).map(|(x, y)| x.min(y))
+    }
+
+    /// Reloads the open windows' non-late rows from bronze (on start).
+    pub async fn load_open(&mut self, lake: &Lake) -> Result<(), LakeError> {
+        let started = Instant::now();
+        let since = self.reload_from();
+        let filter = since.map_or(String::new(), |t| format!(" AND occurred_at >= to_timestamp_micros({t})"));
+        for (table, cols) in [("readings", &READING_COLS[..]), ("activity", &ACTIVITY_COLS[..])] {
+            let sql = format!("SELECT {}, late FROM {table} WHERE NOT late{filter}", cols.join(", "));
+            let batches = lake.query(&sql).await?;
+            for b in batches {
+                self.add(table == "readings", &b);
+            }
+        }
+        tracing::info!(
+            rows = self.open_rows(),
+            since = ?since.map(fmt_us),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "open windows reloaded from bronze"
+        );
+        Ok(())
+    }
+
+    fn open_rows(&self) -> usize {
+        self.readings.iter().chain(&self.activity).map(|b| b.num_rows()).sum()
+    }
+
+    /// Adds a committed bronze batch: non-late rows, projected, with their window.
+    fn add(&mut self, is_reading: bool, batch: &RecordBatch) {
+        let (cols, schema) = if is_reading {
+            (&READING_COLS[..], self.reading_schema.clone())
+        } else {
+            (&ACTIVITY_COLS[..], self.activity_schema.clone())
+        };
+        let batch = match batch.column_by_name("late") {
+            Some(late) => {
+                let keep = campo_lake::arrow::compute::not(late.as_boolean()).expect("same length");
+                filter_record_batch(batch, &keep).expect("filter")
+            }
+            None => batch.clone(),
+        };
+        if batch.num_rows() == 0 {
+            return;
+        }
+        let mut columns: Vec<ArrayRef> = cols.iter().map(|c| batch.column_by_name(c).expect("bronze column").clone()).collect();
+        let at = batch.column_by_name("occurred_at").expect("occurred_at").as_primitive::<TimestampMicrosecondType>();
+        let size = self.size_us;
+        let start: TimestampMicrosecondArray = at.iter().map(|t| t.map(|t| t.div_euclid(size) * size)).collect();
+        let end: TimestampMicrosecondArray = start.iter().map(|t| t.map(|t| t + size)).collect();
+        columns.push(Arc::new(start.with_timezone("UTC")));
+        columns.push(Arc::new(end.with_timezone("UTC")));
+        let b = RecordBatch::try_new(schema, columns).expect("window columns match");
+        if is_reading { self.readings.push(b) } else { self.activity.push(b) }
+    }
+
+    /// Splits the open rows into those of windows ending at or before `through` (returned,
+    /// sorted by topic, partition and offset) and the rest (kept).
+    fn take_closed(open: &mut Vec<RecordBatch>, schema: &SchemaRef, through: i64) -> RecordBatch {
+        let mut closed = Vec::new();
+        let mut keep = Vec::new();
+        for b in open.drain(..) {
+            let end = b.column_by_name("window_end").expect("window_end").as_primitive::<TimestampMicrosecondType>();
+            let mask: BooleanArray = end.iter().map(|e| Some(e.is_some_and(|e| e <= through))).collect();
+            let n = mask.true_count();
+            if n == b.num_rows() {
+                closed.push(b);
+            } else if n == 0 {
+                keep.push(b);
+            } else {
+                closed.push(filter_record_batch(&b, &mask).expect("filter"));
+                let rest = campo_lake::arrow::compute::not(&mask).expect("not");
+                keep.push(filter_record_batch(&b, &rest).expect("filter"));
+            }
+        }
+        *open = keep;
+        let all = concat_batches(schema, &closed).expect("same schema");
+        if all.num_rows() < 2 {
+            return all;
+        }
+        let key = |c: &str| SortColumn { values: all.column_by_name(c).expect("provenance").clone(), options: None };
+        let idx = lexsort_to_indices(&[key("kafka_topic"), key("kafka_partition"), key("kafka_offset")], None).expect("sort");
+        take_record_batch(&all, &idx).expect("take")
+    }
+
+    async fn run_sql(&self, sql: &str, tables: &[(&str, RecordBatch)]) -> datafusion::error::Result<Vec<RecordBatch>> {
+        for (name, batch) in tables {
+            let _ = self.ctx.deregister_table(*name)?;
+            let mem = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]])?;
+            self.ctx.register_table(*name, Arc::new(mem))?;
+        }
+        self.ctx.sql(sql).await?.collect().await
+    }
+
+    /// Computes every window ending at or before `through` from the open rows.
+    async fn compute(&mut self, through: i64) -> datafusion::error::Result<[RecordBatch; 2]> {
+        let readings = Self::take_closed(&mut self.readings, &self.reading_schema, through);
+        let activity = Self::take_closed(&mut self.activity, &self.activity_schema, through);
+        let rm = self.run_sql(&self.rm_sql, &[("readings", readings)]).await?;
+        let rm = conform(&rm, &TableKind::RegionMetrics1m.schema())?;
+        let evu = self.run_sql(&self.evu_sql, &[("activity", activity), ("region_metrics", rm.clone())]).await?;
+        let evu = conform(&evu, &TableKind::Evu1m.schema())?;
+        Ok([rm, evu])
+    }
+
+    /// Closes every window ending at or before `through` and commits their rows.
+    async fn close(&mut self, through: i64, advanced_at: Option<Instant>) -> Result<(), LakeError> {
+        if self.reload_from().is_some_and(|t| t >= through) {
+            return Ok(());
+        }
+        let sql_started = Instant::now();
+        let outputs = self.compute(through).await.map_err(|source| LakeError::Query { table: "(signal pipelines)".into(), source })?;
+        let sql_secs = sql_started.elapsed().as_secs_f64();
+        for (t, rows) in self.tables.iter_mut().zip(&outputs) {
+            if t.through.is_some_and(|v| v >= through) {
+                continue;
+            }
+            // A table behind the other (crash between the two commits) writes only what it lacks.
+            let rows = match t.through {
+                Some(v) => after(rows, v),
+                None => rows.clone(),
+            };
+            let commit = TableCommit {
+                batches: vec![rows],
+                txns: vec![OffsetTxn { topic: TXN_TOPIC.into(), partition: 0, expected: t.through, last: through }],
+            };
+            commit_with_retry(&mut t.writer, &commit, &self.shutdown).await?;
+            t.through = Some(through);
+        }
+        let visible = advanced_at.map(|a| a.elapsed().as_secs_f64());
+        self.stats.record_window_close(through, visible, sql_secs);
+        if let Some(v) = visible {
+            metrics::histogram!("campo_window_close_to_visible_seconds").record(v);
+        }
+        metrics::histogram!("campo_window_sql_seconds").record(sql_secs);
+        metrics::gauge!("campo_window_closed_through_seconds").set(through as f64 / 1e6);
+        self.publish(&outputs);
+        tracing::debug!(through = %fmt_us(through), rows = outputs[0].num_rows(), "windows closed");
+        Ok(())
+    }
+
+    fn publish(&self, [rm, evu]: &[RecordBatch; 2]) {
+        if rm.num_rows() == 0 {
+            return;
+        }
+        let mut evus = BTreeMap::new();
+        let (region, end, score) =
+            (evu.column(0).as_string::<i32>(), evu.column(2).as_primitive::<TimestampMicrosecondType>(), evu.column_by_name("evu").expect("evu").as_primitive::<Float64Type>());
+        for i in 0..evu.num_rows() {
+            evus.insert((region.value(i).to_string(), end.value(i)), score.is_valid(i).then(|| score.value(i)));
+        }
+        let col = |n: &str| rm.column_by_name(n).expect("region_metrics column").clone();
+        let (region, end, readings, hz, low, state) = (col("region"), col("window_end"), col("readings"), col("hz_mean"), col("low_share"), col("state"));
+        let (region, end, readings) = (region.as_string::<i32>(), end.as_primitive::<TimestampMicrosecondType>(), readings.as_primitive::<Int64Type>());
+        let (hz, low, state) = (hz.as_primitive::<Float64Type>(), low.as_primitive::<Float64Type>(), state.as_string::<i32>());
+        let mut signals = self.stats.signals.lock().expect("signals");
+        for i in 0..rm.num_rows() {
+            let r = region.value(i).to_string();
+            let s = RegionSignal {
+                window_end_us: end.value(i),
+                readings: readings.value(i),
+                hz_mean: hz.value(i),
+                low_share: low.value(i),
+                state: state.value(i).to_string(),
+                evu: evus.get(&(r.clone(), end.value(i))).copied().flatten(),
+            };
+            if signals.get(&r).is_none_or(|old| old.window_end_us <= s.window_end_us) {
+                signals.insert(r, s);
+            }
+        }
+    }
+
+    /// Takes committed bronze rows and closes what the watermark has passed.
+    pub async fn input(&mut self, input: WindowInput) -> Result<(), LakeError> {
+        for b in &input.readings {
+            self.add(true, b);
+        }
+        for b in &input.activity {
+            self.add(false, b);
+        }
+        if let Some(through) = input.watermark {
+            self.close(through, input.advanced_at).await?;
+        }
+        let rows = self.open_rows();
+        self.stats.window_open_rows.store(rows, Ordering::Relaxed);
+        metrics::gauge!("campo_window_open_rows").set(rows as f64);
+        let bytes: usize = self.readings.iter().chain(&self.activity).map(|b| b.get_array_memory_size()).sum();
+        metrics::gauge!("campo_window_state_bytes").set(bytes as f64);
+        if rows > self.config.windows.max_open_rows && !self.warned_size {
+            tracing::warn!(rows, max = self.config.windows.max_open_rows, "open windows hold more rows than windows.max_open_rows: is a partition stuck behind the others?");
+            self.warned_size = true;
+        } else if rows <= self.config.windows.max_open_rows {
+            self.warned_size = false;
+        }
+        Ok(())
+    }
+
+    /// Runs until the writer closes the channel.
+    pub async fn run(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<WindowInput>) -> Result<(), LakeError> {
+        while let Some(input) = rx.recv().await {
+            self.input(input).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows of windows ending after `v`.
+fn after(rows: &RecordBatch, v: i64) -> RecordBatch {
+    let end = rows.column_by_name("window_end").expect("window_end").as_primitive::<TimestampMicrosecondType>();
+    let mask: BooleanArray = end.iter().map(|e| Some(e.is_some_and(|e| e > v))).collect();
+    filter_record_batch(rows, &mask).expect("filter")
+}
+
+/// Casts SQL output to a table's schema by column name, deriving `window_date`.
+fn conform(batches: &[RecordBatch], schema: &SchemaRef) -> datafusion::error::Result<RecordBatch> {
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if n == 0 {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    let all = concat_batches(&batches[0].schema(), batches)?;
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        if f.name() == "window_date" {
+            let start = all.column_by_name("window_start").expect("window_start").as_primitive::<TimestampMicrosecondType>();
+            let d: Date32Array = start.iter().map(|t| t.map(|t| t.div_euclid(86_400_000_000) as i32)).collect();
+            cols.push(Arc::new(d));
+        } else {
+            let c = all
+                .column_by_name(f.name())
+                .ok_or_else(|| datafusion::error::DataFusionError::Plan(format!("pipeline SQL lacks column {}", f.name())))?;
+            cols.push(cast(c, f.data_type())?);
+        }
+    }
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+async fn commit_with_retry(w: &mut TableWriter, commit: &TableCommit, shutdown: &Shutdown) -> Result<(), LakeError> {
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    loop {
+        match w.commit(commit).await {
+            Ok(CommitOutcome::Committed { .. }) => {
+                if failing {
+                    tracing::info!(table = w.name(), "lake writable again");
+                }
+                return Ok(());
+            }
+            Ok(CommitOutcome::Refused { app_id, expected, found }) => {
+                // Another instance closed these windows first: theirs stand.
+                tracing::warn!(table = w.name(), app_id, ?expected, ?found, "windows already written by another writer; keeping theirs");
+                return Ok(());
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!(table = w.name(), error = %e, "cannot write signals; retrying with backoff");
+                    failing = true;
+                }
+                if shutdown.is_triggered() {
+                    w.abandon();
+                    return Err(e);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let _ = w.reload().await;
+            }
+        }
+    }
+}
+
+/// A microsecond timestamp as RFC 3339.
+pub fn fmt_us(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| us.to_string())
+}

@@ -1,0 +1,88 @@
+//! `bucket_entropy(bucket INT) -> DOUBLE`: normalized Shannon entropy of the bucket
+//! distribution (SPEC 3). Nulls and values outside 0..=10 are ignored.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, AsArray};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int32Type, Int64Type};
+use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
+
+use crate::BUCKETS;
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct BucketEntropy {
+    signature: Signature,
+}
+
+impl BucketEntropy {
+    pub fn new() -> Self {
+        Self { signature: Signature::uniform(1, vec![DataType::Int32], Volatility::Immutable) }
+    }
+}
+
+impl Default for BucketEntropy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AggregateUDFImpl for BucketEntropy {
+    fn name(&self) -> &str {
+        "bucket_entropy"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(EntropyAcc { counts: [0; BUCKETS] }))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok((0..BUCKETS)
+            .map(|b| Arc::new(Field::new(format!("{}_b{b}", args.name), DataType::Int64, false)))
+            .collect())
+    }
+}
+
+#[derive(Debug)]
+struct EntropyAcc {
+    counts: [u64; BUCKETS],
+}
+
+impl Accumulator for EntropyAcc {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        for b in values[0].as_primitive::<Int32Type>().iter().flatten() {
+            if (0..BUCKETS as i32).contains(&b) {
+                self.counts[b as usize] += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(ScalarValue::Float64(Some(crate::normalized_entropy(&self.counts))))
+    }
+
+    fn size(&self) -> usize {
+        size_of_val(self)
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(self.counts.iter().map(|&c| ScalarValue::Int64(Some(c as i64))).collect())
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        for (b, col) in states.iter().enumerate().take(BUCKETS) {
+            self.counts[b] += col.as_primitive::<Int64Type>().iter().flatten().map(|c| c as u64).sum::<u64>();
+        }
+        Ok(())
+    }
+}
