@@ -68,6 +68,16 @@ pub struct PipelineArgs {
     /// Flush as soon as this many rows are buffered [config: ingest.max_batch_rows].
     #[arg(long, env = "CAMPO__INGEST__MAX_BATCH_ROWS")]
     pub max_batch_rows: Option<usize>,
+    /// Tumbling window size, e.g. 1m [config: windows.size].
+    #[arg(long, env = "CAMPO__WINDOWS__SIZE")]
+    pub window_size: Option<String>,
+    /// How far the watermark trails the largest event time, e.g. 30s [config: windows.allowed_lateness].
+    #[arg(long, env = "CAMPO__WINDOWS__ALLOWED_LATENESS")]
+    pub allowed_lateness: Option<String>,
+    /// A partition read to its end with no record for this long stops holding the watermark
+    /// back, e.g. 10s [config: windows.idle_timeout].
+    #[arg(long, env = "CAMPO__WINDOWS__IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
     /// Prometheus /metrics address, empty to disable [config: metrics.listen].
     #[arg(long, env = "CAMPO__METRICS__LISTEN")]
     pub metrics_listen: Option<String>,

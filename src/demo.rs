@@ -120,7 +120,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn show_progress(stats: Arc<Stats>) {
     let started = Instant::now();
-    println!("{:>6}  {:>9}  {:>9}  {:>9}  {:>6}  {:>6}  {:>7}  {:>5}  {}", "time", "consumed", "readings", "activity", "dups", "dlq", "flushes", "lag", "state");
+    let header = || {
+        println!(
+            "{:>6}  {:>9}  {:>9}  {:>9}  {:>6}  {:>6}  {:>5}  {:>7}  {:>5}  {}",
+            "time", "consumed", "readings", "activity", "dups", "dlq", "late", "flushes", "lag", "state"
+        )
+    };
+    header();
+    let mut shown_windows = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -130,18 +137,45 @@ async fn show_progress(stats: Arc<Stats>) {
             (_, false) => "lake not writable",
         };
         println!(
-            "{:>5}s  {:>9}  {:>9}  {:>9}  {:>6}  {:>6}  {:>7}  {:>5}  {}",
+            "{:>5}s  {:>9}  {:>9}  {:>9}  {:>6}  {:>6}  {:>5}  {:>7}  {:>5}  {}",
             started.elapsed().as_secs(),
             l(&stats.consumed),
             l(&stats.bronze[0]),
             l(&stats.bronze[1]),
             l(&stats.duplicate[0]) + l(&stats.duplicate[1]),
             l(&stats.dlq[0]) + l(&stats.dlq[1]),
+            l(&stats.late[0]) + l(&stats.late[1]),
             l(&stats.flushes),
             stats.consumer_lag.load(Ordering::Relaxed),
             state
         );
+        let closed = l(&stats.windows_closed);
+        if closed != shown_windows {
+            shown_windows = closed;
+            print_signals(&stats);
+            header();
+        }
     }
+}
+
+/// The latest closed window of every region, as written to region_metrics_1m and evu_1m.
+fn print_signals(stats: &Stats) {
+    let signals = stats.signals.lock().expect("signals").clone();
+    if signals.is_empty() {
+        return;
+    }
+    let through = campo_pipelines::windows::stage::fmt_us(stats.closed_through.load(Ordering::Relaxed));
+    println!("\n  signals, windows closed through {through} (event time):");
+    println!("  {:<14} {:>20} {:>8} {:>8} {:>9} {:>10} {:>6}", "region", "window end", "readings", "hz_mean", "low_share", "state", "evu");
+    for (region, s) in &signals {
+        let end = campo_pipelines::windows::stage::fmt_us(s.window_end_us);
+        let evu = s.evu.map_or("-".to_string(), |e| format!("{e:.1}"));
+        println!(
+            "  {region:<14} {end:>20} {:>8} {:>8.1} {:>9.2} {:>10} {evu:>6}",
+            s.readings, s.hz_mean, s.low_share, s.state
+        );
+    }
+    println!();
 }
 
 async fn summary(cfg: &Config, stats: &Stats) -> anyhow::Result<()> {
@@ -154,13 +188,15 @@ async fn summary(cfg: &Config, stats: &Stats) -> anyhow::Result<()> {
             .first()
             .map(|b| campo_lake::arrow::array::AsArray::as_primitive::<campo_lake::arrow::datatypes::Int64Type>(b.column(0)).value(0))
             .unwrap_or(0);
-        println!("  {:<10} {n:>9} rows", kind.name());
+        println!("  {:<18} {n:>9} rows", kind.name());
     }
     let path = lake.local_root().map(|p| p.display().to_string()).unwrap_or_else(|| lake.root().to_string());
     let path = path.trim_end_matches('/');
     println!("\nlook at it:");
     println!("  python3 -c \"import polars as pl; print(pl.read_delta('{path}/readings').group_by('region').len())\"");
     println!("  python3 -c \"from deltalake import DeltaTable; print(DeltaTable('{path}/rejected').to_pandas()[['reason','message']].head())\"");
+    println!("  python3 -c \"import polars as pl; print(pl.read_delta('{path}/region_metrics_1m').sort('window_start').tail(12))\"");
+    println!("  python3 -c \"import polars as pl; print(pl.read_delta('{path}/evu_1m').group_by('region').agg(pl.col('evu').mean()))\"");
     println!("  duckdb -c \"LOAD delta; SELECT kind, count(*) FROM delta_scan('{path}/activity') GROUP BY 1\"");
     println!("  (scripts/test.sh leaves a venv with all three readers under ~/.cache/campo/venv-*)");
     Ok(())

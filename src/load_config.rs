@@ -67,6 +67,16 @@ fn apply_flags(cfg: &mut Config, a: &PipelineArgs) -> anyhow::Result<()> {
     if let Some(v) = a.max_batch_rows {
         cfg.ingest.max_batch_rows = v;
     }
+    for (flag, key, value, target) in [
+        ("--window-size", "windows.size", &a.window_size, &mut cfg.windows.size),
+        ("--allowed-lateness", "windows.allowed_lateness", &a.allowed_lateness, &mut cfg.windows.allowed_lateness),
+        ("--idle-timeout", "windows.idle_timeout", &a.idle_timeout, &mut cfg.windows.idle_timeout),
+    ] {
+        if let Some(v) = value {
+            *target = humantime::parse_duration(v)
+                .map_err(|e| ConfigProblem(format!("config key `{key}` (from {flag}): {e}")))?;
+        }
+    }
     if let Some(v) = &a.metrics_listen {
         cfg.metrics.listen = v.clone();
     }

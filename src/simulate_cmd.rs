@@ -11,7 +11,9 @@ use clap::Args;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::client::ClientContext;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
 use crate::load_config::ConfigProblem;
 
@@ -145,6 +147,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 }
                 let totals = drive(sim, &args, &shutdown, |r| send(&producer, r))?;
                 producer.flush(Duration::from_secs(60)).context("flushing the producer")?;
+                check_delivered(&producer)?;
                 Ok(totals)
             }
         }
@@ -158,7 +161,39 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub type Producer_ = ThreadedProducer<DefaultProducerContext>;
+pub type Producer_ = ThreadedProducer<Deliveries>;
+
+/// Counts records the broker did not acknowledge, so a lossy run fails loudly instead of
+/// reporting totals it did not deliver.
+#[derive(Default)]
+pub struct Deliveries {
+    failed: std::sync::atomic::AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.first_error.lock().expect("first error").get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Fails when any record was not delivered.
+pub fn check_delivered(p: &Producer_) -> anyhow::Result<()> {
+    let d = p.context();
+    let failed = d.failed.load(std::sync::atomic::Ordering::Relaxed);
+    if failed > 0 {
+        let first = d.first_error.lock().expect("first error").clone().unwrap_or_default();
+        anyhow::bail!("{failed} records were not delivered (first error: {first})");
+    }
+    Ok(())
+}
 
 pub fn kafka_producer(brokers: &str, props: &[String]) -> anyhow::Result<Producer_> {
     let mut c = ClientConfig::new();
@@ -171,7 +206,7 @@ pub fn kafka_producer(brokers: &str, props: &[String]) -> anyhow::Result<Produce
         let (k, v) = kv.split_once('=').ok_or_else(|| ConfigProblem(format!("producer property {kv:?}: expected KEY=VALUE")))?;
         c.set(k, v);
     }
-    Ok(c.create()?)
+    Ok(c.create_with_context(Deliveries::default())?)
 }
 
 /// Sends one record, waiting while the producer queue is full.

@@ -7,3 +7,4 @@ mod harness;
 mod interop;
 mod mock;
 mod slt;
+mod windows;

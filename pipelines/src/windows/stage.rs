@@ -171,7 +171,15 @@ impl WindowStage {
         if batch.num_rows() == 0 {
             return;
         }
-        let mut columns: Vec<ArrayRef> = cols.iter().map(|c| batch.column_by_name(c).expect("bronze column").clone()).collect();
+        // Bronze read back through DataFusion may come as Utf8View: cast to the window schema.
+        let mut columns: Vec<ArrayRef> = cols
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| {
+                let col = batch.column_by_name(c).expect("bronze column");
+                if col.data_type() == f.data_type() { col.clone() } else { cast(col, f.data_type()).expect("bronze column casts") }
+            })
+            .collect();
         let at = batch.column_by_name("occurred_at").expect("occurred_at").as_primitive::<TimestampMicrosecondType>();
         let size = self.size_us;
         let start: TimestampMicrosecondArray = at.iter().map(|t| t.map(|t| t.div_euclid(size) * size)).collect();
