@@ -11,7 +11,7 @@
 //! Why this is exactly once and deterministic: a row that is not `late` is in a flush cut no
 //! later than the one whose watermark closes its window, so when that flush is committed the
 //! window's rows are all in bronze, and the window is computed from exactly the bronze rows
-//! with `late = false` in it, sorted by (topic, partition, offset) in one partition, so
+//! with `late = false` in it, sorted by (partition, offset) in one partition (one topic per table), so
 //! aggregates see them in a fixed order. A restart reloads the open windows' rows from bronze
 //! and resumes the watermark from the last window written; a window already written is never
 //! written again (its commit would be refused by the txn version).

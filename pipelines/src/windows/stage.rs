@@ -214,8 +214,9 @@ impl WindowStage {
         if all.num_rows() < 2 {
             return all;
         }
+        // One topic per table: (partition, offset) is the fixed order.
         let key = |c: &str| SortColumn { values: all.column_by_name(c).expect("provenance").clone(), options: None };
-        let idx = lexsort_to_indices(&[key("kafka_topic"), key("kafka_partition"), key("kafka_offset")], None).expect("sort");
+        let idx = lexsort_to_indices(&[key("kafka_partition"), key("kafka_offset")], None).expect("sort");
         take_record_batch(&all, &idx).expect("take")
     }
 
@@ -247,22 +248,14 @@ impl WindowStage {
         let sql_started = Instant::now();
         let outputs = self.compute(through).await.map_err(|source| LakeError::Query { table: "(signal pipelines)".into(), source })?;
         let sql_secs = sql_started.elapsed().as_secs_f64();
-        for (t, rows) in self.tables.iter_mut().zip(&outputs) {
-            if t.through.is_some_and(|v| v >= through) {
-                continue;
-            }
-            // A table behind the other (crash between the two commits) writes only what it lacks.
-            let rows = match t.through {
-                Some(v) => after(rows, v),
-                None => rows.clone(),
-            };
-            let commit = TableCommit {
-                batches: vec![rows],
-                txns: vec![OffsetTxn { topic: TXN_TOPIC.into(), partition: 0, expected: t.through, last: through }],
-            };
-            commit_with_retry(&mut t.writer, &commit, &self.shutdown).await?;
-            t.through = Some(through);
-        }
+        // The two tables are independent: commit them side by side.
+        let [a, b] = &mut self.tables;
+        let (ra, rb) = tokio::join!(
+            commit_derived(a, &outputs[0], through, &self.shutdown),
+            commit_derived(b, &outputs[1], through, &self.shutdown)
+        );
+        ra?;
+        rb?;
         let visible = advanced_at.map(|a| a.elapsed().as_secs_f64());
         self.stats.record_window_close(through, visible, sql_secs);
         if let Some(v) = visible {
@@ -338,6 +331,25 @@ impl WindowStage {
         }
         Ok(())
     }
+}
+
+/// Commits one derived table's rows of the windows ending at or before `through`.
+async fn commit_derived(t: &mut Derived, rows: &RecordBatch, through: i64, shutdown: &Shutdown) -> Result<(), LakeError> {
+    if t.through.is_some_and(|v| v >= through) {
+        return Ok(());
+    }
+    // A table behind the other (crash between the two commits) writes only what it lacks.
+    let rows = match t.through {
+        Some(v) => after(rows, v),
+        None => rows.clone(),
+    };
+    let commit = TableCommit {
+        batches: vec![rows],
+        txns: vec![OffsetTxn { topic: TXN_TOPIC.into(), partition: 0, expected: t.through, last: through }],
+    };
+    commit_with_retry(&mut t.writer, &commit, shutdown).await?;
+    t.through = Some(through);
+    Ok(())
 }
 
 /// Rows of windows ending after `v`.
