@@ -191,6 +191,10 @@ async fn signals_match_polars_and_are_identical_after_kill_9_and_restart() {
     assert!(rm.iter().any(|row| row.contains("sa-east-1") && row.contains("collapse")), "the planted collapse shows");
     assert!(!rm.iter().any(|row| !row.contains("sa-east-1") && row.contains("collapse")), "no other region collapses");
 
+    // campo's functions are registered in the lake's ad-hoc SQL sessions too.
+    let consistent = scalar(&straight, "SELECT count(*) FROM region_metrics_1m WHERE hz_bucket(hz_mean) = CAST(floor(hz_mean / 100) AS INT) OR hz_mean >= 1000").await;
+    assert_eq!(consistent as usize, rm.len());
+
     // Independently recomputed from bronze by polars.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/signals.py");
     let out = Command::new(python()).arg(script).arg(&cfg.lake.path).output().unwrap();
