@@ -90,7 +90,7 @@ async fn real_broker_bronze_and_dlq_hold_exactly_what_was_planted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_waited_for_and_then_consumed() {
-    let port = free_port();
+    let port = free_port_outside_ephemeral_range();
     let addr = format!("127.0.0.1:{port}");
     let (r, a, d) = topics("late-broker");
     let dir = tempfile::tempdir().unwrap();
@@ -99,6 +99,9 @@ async fn an_unreachable_broker_is_waited_for_and_then_consumed() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(child.id() > 0);
     let broker = Broker::start_on(port);
+    // campo connects and reads metadata before the topics exist: it must pick them up when
+    // they appear (within seconds, not librdkafka's default 5-minute metadata refresh).
+    tokio::time::sleep(Duration::from_secs(6)).await;
     broker.create_topics((&r, &a, &d), 2);
     let totals = simulate(&[
         "--brokers", &addr, "--count", "3000", "--rate", "0", "--seed", "9", "--partitions", "0",
@@ -106,7 +109,7 @@ async fn an_unreachable_broker_is_waited_for_and_then_consumed() {
     ]);
     let lake = lake(&lake_path);
     let expected = total(&totals, "unique_valid", &r) + total(&totals, "unique_valid", &a);
-    wait_until(Duration::from_secs(120), "bronze complete after the broker came up", || {
+    wait_until(Duration::from_secs(90), "bronze complete after the broker came up", || {
         let l = lake.clone();
         async move { bronze_rows(&l).await >= expected }
     })

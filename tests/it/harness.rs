@@ -17,6 +17,20 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A free port below Linux's ephemeral range (32768..): for a broker started later, while a
+/// client already retries it. Neither another test's `free_port` nor an outgoing connection's
+/// source port (TCP self-connect) can take it in the meantime.
+pub fn free_port_outside_ephemeral_range() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 fn cache_dir() -> PathBuf {
     std::env::var_os("CAMPO_CACHE")
         .map(PathBuf::from)

@@ -192,6 +192,9 @@ fn client_config(shared: &Shared) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
         .set("queued.max.messages.kbytes", "65536")
+        // Topics created after campo started are picked up within seconds, not librdkafka's
+        // default five minutes (the metadata may have been read before they existed).
+        .set("topic.metadata.refresh.interval.ms", "10000")
         .set("client.id", "campo");
     for (key, v) in &k.properties {
         c.set(key, v);
