@@ -149,7 +149,7 @@ fn main() {
     rt.block_on(writer).unwrap();
     let (cpu, wall) = (cpu_seconds() - c0, w0.elapsed().as_secs_f64());
     let t = stats.window_times.lock().unwrap();
-    let mut v = t.close_to_visible.clone();
+    let mut v: Vec<f64> = t.close_to_visible.iter().copied().collect();
     let closes = v.len();
     println!("window close benchmark: {fed} events in {feed_wall:.1}s = {:.0} events/s input, speed {speed}x", fed as f64 / feed_wall);
     println!("  a 1-minute window holds ~{:.0} events; {closes} closes measured", rate * 60.0 / speed);

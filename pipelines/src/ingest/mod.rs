@@ -33,6 +33,7 @@ use crate::contract::Reason;
 use crate::rows::RejectedRecord;
 use crate::windows::{RegionSignal, WindowStage};
 
+pub(crate) use writer::commit_retrying;
 pub use positions::read_positions;
 pub use state::{IngestState, PartitionPosition};
 
@@ -109,7 +110,7 @@ pub struct Stats {
 pub struct WindowTimes {
     /// Seconds from the watermark passing a window's end to its rows being committed (the last
     /// 100,000 closes).
-    pub close_to_visible: Vec<f64>,
+    pub close_to_visible: std::collections::VecDeque<f64>,
     /// Total seconds spent running the signal SQL.
     pub sql_seconds: f64,
 }
@@ -121,9 +122,9 @@ impl Stats {
         let mut t = self.window_times.lock().expect("window times");
         if let Some(v) = visible {
             if t.close_to_visible.len() >= 100_000 {
-                t.close_to_visible.remove(0);
+                t.close_to_visible.pop_front();
             }
-            t.close_to_visible.push(v);
+            t.close_to_visible.push_back(v);
         }
         t.sql_seconds += sql_secs;
     }

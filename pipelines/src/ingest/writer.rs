@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::contract::Reason;
 use crate::windows::WindowInput;
 
-use super::{Flush, IngestError, Shared, WriterEvent};
+use super::{Flush, IngestError, Shared, Shutdown, Stats, WriterEvent};
 
 enum Step {
     Done,
@@ -140,34 +140,48 @@ async fn commit_flush(shared: &Shared, t: &mut Tables, producer: &FutureProducer
     (Step::Done, Vec::new())
 }
 
-/// Commits one table, retrying with backoff while the lake cannot be written.
+/// Commits one table of a flush, retrying with backoff while the lake cannot be written.
 async fn commit_table(shared: &Shared, w: &mut TableWriter, c: &TableCommit) -> Step {
+    match commit_retrying(w, c, &shared.stats, &shared.shutdown).await {
+        Ok(CommitOutcome::Committed { .. }) => Step::Done,
+        Ok(CommitOutcome::Refused { app_id, expected, found }) => {
+            Step::Refused(format!("{}: {app_id} expected txn version {expected:?}, found {found:?}", w.name()))
+        }
+        Err(_) => Step::GaveUp,
+    }
+}
+
+/// Commits `c`, retrying with backoff (and logging once per state change) while the lake
+/// cannot be written; `stats.lake_ready` follows. A refusal is returned, not retried. Once
+/// shutdown is triggered a failing commit is abandoned and its last error returned.
+pub(crate) async fn commit_retrying(
+    w: &mut TableWriter,
+    c: &TableCommit,
+    stats: &Stats,
+    shutdown: &Shutdown,
+) -> Result<CommitOutcome, campo_lake::LakeError> {
     let mut backoff = Duration::from_millis(100);
     let mut failing = false;
     loop {
         match w.commit(c).await {
-            Ok(CommitOutcome::Committed { version }) => {
-                if failing {
-                    tracing::info!(table = w.name(), version, "lake writable again");
+            Ok(outcome) => {
+                if let CommitOutcome::Committed { version } = outcome {
+                    if failing {
+                        tracing::info!(table = w.name(), version, "lake writable again");
+                    }
+                    stats.lake_ready.store(true, Ordering::SeqCst);
                 }
-                shared.stats.lake_ready.store(true, Ordering::SeqCst);
-                return Step::Done;
-            }
-            Ok(CommitOutcome::Refused { app_id, expected, found }) => {
-                return Step::Refused(format!(
-                    "{}: {app_id} expected txn version {expected:?}, found {found:?}",
-                    w.name()
-                ));
+                return Ok(outcome);
             }
             Err(e) => {
                 if !failing {
                     tracing::error!(table = w.name(), error = %e, "lake not writable; consumption pauses, retrying with backoff");
                     failing = true;
                 }
-                shared.stats.lake_ready.store(false, Ordering::SeqCst);
-                if shared.shutdown.is_triggered() {
+                stats.lake_ready.store(false, Ordering::SeqCst);
+                if shutdown.is_triggered() {
                     w.abandon();
-                    return Step::GaveUp;
+                    return Err(e);
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use campo_lake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, TimestampMicrosecondArray,
@@ -16,7 +16,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use crate::config::Config;
-use crate::ingest::{Shutdown, Stats};
+use crate::ingest::{Shutdown, Stats, commit_retrying};
 
 use super::sql;
 
@@ -62,6 +62,14 @@ struct Derived {
     through: Option<i64>,
 }
 
+impl Derived {
+    async fn open(lake: &Lake, kind: TableKind, pipeline: &str) -> Result<Self, LakeError> {
+        let mut writer = TableWriter::open(lake, kind, pipeline).await?;
+        let through = writer.txn_version(TXN_TOPIC, 0).await?;
+        Ok(Self { writer, through })
+    }
+}
+
 pub struct WindowStage {
     config: Config,
     stats: Arc<Stats>,
@@ -82,13 +90,10 @@ impl WindowStage {
     /// Opens the derived tables and reads where they stand.
     pub async fn open(lake: &Lake, config: &Config, stats: Arc<Stats>, shutdown: Shutdown) -> Result<Self, LakeError> {
         let pipeline = &config.ingest.pipeline;
-        let mut tables = Vec::new();
-        for kind in [TableKind::RegionMetrics1m, TableKind::Evu1m] {
-            let mut writer = TableWriter::open(lake, kind, pipeline).await?;
-            let through = writer.txn_version(TXN_TOPIC, 0).await?;
-            tables.push(Derived { writer, through });
-        }
-        let tables: [Derived; 2] = tables.try_into().unwrap_or_else(|_| unreachable!());
+        let tables = [
+            Derived::open(lake, TableKind::RegionMetrics1m, pipeline).await?,
+            Derived::open(lake, TableKind::Evu1m, pipeline).await?,
+        ];
         let with_windows = |source: &SchemaRef, cols: &[&str]| {
             let mut fields: Vec<Field> =
                 cols.iter().map(|c| source.field_with_name(c).expect("bronze column").clone()).collect();
@@ -251,8 +256,8 @@ impl WindowStage {
         // The two tables are independent: commit them side by side.
         let [a, b] = &mut self.tables;
         let (ra, rb) = tokio::join!(
-            commit_derived(a, &outputs[0], through, &self.shutdown),
-            commit_derived(b, &outputs[1], through, &self.shutdown)
+            commit_derived(a, &outputs[0], through, &self.stats, &self.shutdown),
+            commit_derived(b, &outputs[1], through, &self.stats, &self.shutdown)
         );
         ra?;
         rb?;
@@ -334,7 +339,13 @@ impl WindowStage {
 }
 
 /// Commits one derived table's rows of the windows ending at or before `through`.
-async fn commit_derived(t: &mut Derived, rows: &RecordBatch, through: i64, shutdown: &Shutdown) -> Result<(), LakeError> {
+async fn commit_derived(
+    t: &mut Derived,
+    rows: &RecordBatch,
+    through: i64,
+    stats: &Stats,
+    shutdown: &Shutdown,
+) -> Result<(), LakeError> {
     if t.through.is_some_and(|v| v >= through) {
         return Ok(());
     }
@@ -347,7 +358,10 @@ async fn commit_derived(t: &mut Derived, rows: &RecordBatch, through: i64, shutd
         batches: vec![rows],
         txns: vec![OffsetTxn { topic: TXN_TOPIC.into(), partition: 0, expected: t.through, last: through }],
     };
-    commit_with_retry(&mut t.writer, &commit, shutdown).await?;
+    if let CommitOutcome::Refused { app_id, expected, found } = commit_retrying(&mut t.writer, &commit, stats, shutdown).await? {
+        // Another instance closed these windows first: theirs stand.
+        tracing::warn!(table = t.writer.name(), app_id, ?expected, ?found, "windows already written by another writer; keeping theirs");
+    }
     t.through = Some(through);
     Ok(())
 }
@@ -380,39 +394,6 @@ fn conform(batches: &[RecordBatch], schema: &SchemaRef) -> datafusion::error::Re
         }
     }
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
-}
-
-async fn commit_with_retry(w: &mut TableWriter, commit: &TableCommit, shutdown: &Shutdown) -> Result<(), LakeError> {
-    let mut backoff = Duration::from_millis(100);
-    let mut failing = false;
-    loop {
-        match w.commit(commit).await {
-            Ok(CommitOutcome::Committed { .. }) => {
-                if failing {
-                    tracing::info!(table = w.name(), "lake writable again");
-                }
-                return Ok(());
-            }
-            Ok(CommitOutcome::Refused { app_id, expected, found }) => {
-                // Another instance closed these windows first: theirs stand.
-                tracing::warn!(table = w.name(), app_id, ?expected, ?found, "windows already written by another writer; keeping theirs");
-                return Ok(());
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::error!(table = w.name(), error = %e, "cannot write signals; retrying with backoff");
-                    failing = true;
-                }
-                if shutdown.is_triggered() {
-                    w.abandon();
-                    return Err(e);
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                let _ = w.reload().await;
-            }
-        }
-    }
 }
 
 /// A microsecond timestamp as RFC 3339.
