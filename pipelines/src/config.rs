@@ -109,8 +109,8 @@ pub struct WindowsConfig {
     /// A partition read to its end with no record for this long does not hold the watermark back.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Rows of open windows held in memory past which a warning is logged (the state is
-    /// reported as `campo_window_open_rows`).
+    /// State rows of open windows (partial aggregates, `sql/state/`) past which a warning is
+    /// logged (reported as `campo_window_open_rows`).
     pub max_open_rows: usize,
 }
 
@@ -121,7 +121,7 @@ impl Default for WindowsConfig {
             size: Duration::from_secs(60),
             allowed_lateness: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(10),
-            max_open_rows: 20_000_000,
+            max_open_rows: 5_000_000,
         }
     }
 }

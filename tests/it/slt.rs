@@ -1,7 +1,8 @@
 //! sqllogictest: every `.slt` file under `sql/tests/` runs against a DataFusion session with
 //! campo's functions registered (`campo_udfs`) and the signal pipelines' SQL available as
-//! `{region_metrics_1m}` and `{evu_1m}` (substituted as subqueries, rendered with the default
-//! thresholds), exactly as the engine runs them.
+//! `{region_metrics_1m}` and `{evu_1m}` (substituted as subqueries over `readings` / `activity`:
+//! the window-state queries of `sql/state/` inlined into the pipeline, rendered with the default
+//! thresholds), the same SQL the engine runs.
 //!
 //! Values print as sqllogictest expects: NULL, `(empty)` for an empty string, floats rounded
 //! to 6 decimals with trailing zeros dropped.
@@ -42,8 +43,8 @@ impl AsyncDB for Df {
     async fn run(&mut self, text: &str) -> Result<DBOutput<DefaultColumnType>, DataFusionError> {
         let s = SignalsConfig::default();
         let text = text
-            .replace("{region_metrics_1m}", &format!("({})", sql::render(sql::REGION_METRICS_1M, &s)))
-            .replace("{evu_1m}", &format!("({})", sql::render(sql::EVU_1M, &s)));
+            .replace("{region_metrics_1m}", &format!("({})", sql::render(&sql::over_events(sql::REGION_METRICS_1M, &sql::REGION_METRICS_STATE), &s)))
+            .replace("{evu_1m}", &format!("({})", sql::render(&sql::over_events(sql::EVU_1M, &sql::EVU_STATE), &s)));
         let df = self.ctx.sql(&text).await?;
         let schema = df.schema().as_arrow().clone();
         let batches = df.collect().await?;

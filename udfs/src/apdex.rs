@@ -1,7 +1,8 @@
-//! `apdex(latency_ms DOUBLE, status INT, t_ms DOUBLE) -> DOUBLE` (SPEC 4): over requests,
+//! `apdex(latency_ms DOUBLE, status INT, t_ms DOUBLE [, weight BIGINT]) -> DOUBLE` (SPEC 4): over requests,
 //! (satisfied + tolerating / 2) / requests, where satisfied is latency <= T, tolerating is
 //! T < latency <= 4T, and status >= 500 is frustrated whatever the latency. Rows with a null
-//! latency are not requests; null when there are none. `t_ms` is read from the first row.
+//! latency are not requests; null when there are none. `t_ms` is read from the first row. With
+//! `weight`, each row stands for `weight` requests (pre-aggregated rows; a null weight is 0).
 
 use std::sync::Arc;
 
@@ -38,10 +39,11 @@ impl AggregateUDFImpl for Apdex {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        if arg_types.len() != 3 {
-            return exec_err!("apdex takes (latency_ms, status, t_ms)");
+        match arg_types.len() {
+            3 => Ok(vec![DataType::Float64, DataType::Int32, DataType::Float64]),
+            4 => Ok(vec![DataType::Float64, DataType::Int32, DataType::Float64, DataType::Int64]),
+            _ => exec_err!("apdex takes (latency_ms, status, t_ms [, weight])"),
         }
-        Ok(vec![DataType::Float64, DataType::Int32, DataType::Float64])
     }
 
     fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
@@ -70,6 +72,7 @@ impl Accumulator for ApdexAcc {
         let latency = values[0].as_primitive::<Float64Type>();
         let status = values[1].as_primitive::<Int32Type>();
         let t = values[2].as_primitive::<Float64Type>();
+        let weights = values.get(3).map(|w| w.as_primitive::<Int64Type>());
         for i in 0..latency.len() {
             if latency.is_null(i) {
                 continue;
@@ -77,15 +80,22 @@ impl Accumulator for ApdexAcc {
             if t.is_null(i) || !(t.value(i) > 0.0) {
                 return exec_err!("apdex threshold t_ms must be > 0");
             }
+            let w = match weights {
+                None => 1,
+                Some(w) => match w.is_valid(i).then(|| w.value(i)).unwrap_or(0) {
+                    w if w < 0 => return exec_err!("apdex: weight must be >= 0, got {w}"),
+                    w => w as u64,
+                },
+            };
             let (l, t) = (latency.value(i), t.value(i));
-            self.requests += 1;
+            self.requests += w;
             if status.is_valid(i) && status.value(i) >= 500 {
                 continue;
             }
             if l <= t {
-                self.satisfied += 1;
+                self.satisfied += w;
             } else if l <= 4.0 * t {
-                self.tolerating += 1;
+                self.tolerating += w;
             }
         }
         Ok(())

@@ -1,11 +1,12 @@
-//! `bucket_entropy(bucket INT) -> DOUBLE`: normalized Shannon entropy of the bucket
-//! distribution (SPEC 3). Nulls and values outside 0..=10 are ignored.
+//! `bucket_entropy(bucket INT [, weight BIGINT]) -> DOUBLE`: normalized Shannon entropy of the
+//! bucket distribution (SPEC 3). Nulls and values outside 0..=10 are ignored. With `weight`,
+//! each row counts `weight` times (pre-aggregated `(bucket, count)` rows; a null weight is 0).
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int32Type, Int64Type};
-use datafusion::common::{Result, ScalarValue};
+use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
 
@@ -18,7 +19,7 @@ pub struct BucketEntropy {
 
 impl BucketEntropy {
     pub fn new() -> Self {
-        Self { signature: Signature::uniform(1, vec![DataType::Int32], Volatility::Immutable) }
+        Self { signature: Signature::user_defined(Volatility::Immutable) }
     }
 }
 
@@ -35,6 +36,14 @@ impl AggregateUDFImpl for BucketEntropy {
 
     fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        match arg_types.len() {
+            1 => Ok(vec![DataType::Int32]),
+            2 => Ok(vec![DataType::Int32, DataType::Int64]),
+            _ => exec_err!("bucket_entropy takes (bucket [, weight])"),
+        }
     }
 
     fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
@@ -59,10 +68,18 @@ struct EntropyAcc {
 
 impl Accumulator for EntropyAcc {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        for b in values[0].as_primitive::<Int32Type>().iter().flatten() {
-            if (0..BUCKETS as i32).contains(&b) {
-                self.counts[b as usize] += 1;
-            }
+        let buckets = values[0].as_primitive::<Int32Type>();
+        let weights = values.get(1).map(|w| w.as_primitive::<Int64Type>());
+        for (i, b) in buckets.iter().enumerate() {
+            let Some(b) = b.filter(|b| (0..BUCKETS as i32).contains(b)) else { continue };
+            let w = match weights {
+                None => 1,
+                Some(w) => match w.is_valid(i).then(|| w.value(i)).unwrap_or(0) {
+                    w if w < 0 => return exec_err!("bucket_entropy: weight must be >= 0, got {w}"),
+                    w => w as u64,
+                },
+            };
+            self.counts[b as usize] += w;
         }
         Ok(())
     }

@@ -4,10 +4,14 @@
 //! | function | kind | meaning |
 //! |---|---|---|
 //! | `hz_bucket(hz)` | scalar | `min(10, floor(hz / 100))`, the bucket a reading without one gets |
-//! | `bucket_entropy(bucket)` | aggregate | Shannon entropy of the bucket distribution / log2(11); 0 with fewer than 2 buckets |
-//! | `apdex(latency_ms, status, t_ms)` | aggregate | (satisfied + tolerating / 2) / requests; status >= 500 is frustrated |
-//! | `quantile_cont(x, q)` | aggregate | exact q-quantile, linear between closest ranks |
+//! | `bucket_entropy(bucket [, weight])` | aggregate | Shannon entropy of the bucket distribution / log2(11); 0 with fewer than 2 buckets |
+//! | `apdex(latency_ms, status, t_ms [, weight])` | aggregate | (satisfied + tolerating / 2) / requests; status >= 500 is frustrated |
+//! | `quantile_cont(x, q [, weight])` | aggregate | exact q-quantile, linear between closest ranks |
 //! | `evu(latency, coherence, emotional, security [, w1, w2, w3, w4])` | scalar | 100 x weighted mean of the non-null components |
+//!
+//! The aggregates take an optional `weight` (a row count): each row then stands for `weight`
+//! equal rows. The window stage keeps open windows as pre-aggregated `(value, count)` rows, and
+//! a weighted aggregate over them equals the plain aggregate over the events they came from.
 
 mod apdex;
 mod entropy;
@@ -20,7 +24,7 @@ use datafusion::prelude::SessionContext;
 
 pub use apdex::Apdex;
 pub use entropy::BucketEntropy;
-pub use quantile::{QuantileCont, quantile_linear};
+pub use quantile::{QuantileCont, quantile_linear, quantile_weighted};
 pub use scalar::{Evu, HzBucket};
 
 /// Number of `hz_bucket` values (0..=10).

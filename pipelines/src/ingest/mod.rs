@@ -111,8 +111,10 @@ pub struct WindowTimes {
     /// Seconds from the watermark passing a window's end to its rows being committed (the last
     /// 100,000 closes).
     pub close_to_visible: std::collections::VecDeque<f64>,
-    /// Total seconds spent running the signal SQL.
+    /// Total seconds spent running the signal SQL at window close.
     pub sql_seconds: f64,
+    /// Total seconds spent folding committed events into the window state (SQL too).
+    pub state_seconds: f64,
 }
 
 impl Stats {
@@ -127,6 +129,10 @@ impl Stats {
             t.close_to_visible.push_back(v);
         }
         t.sql_seconds += sql_secs;
+    }
+
+    pub(crate) fn record_state_update(&self, secs: f64) {
+        self.window_times.lock().expect("window times").state_seconds += secs;
     }
 
     pub fn committed_total(&self) -> u64 {

@@ -1,5 +1,6 @@
-//! The window stage: holds the open windows' rows, runs the signal SQL when the watermark
-//! passes a window's end, and commits the rows to `region_metrics_1m` and `evu_1m`.
+//! The window stage: keeps the open windows' state (`sql/state/`: partial aggregates merged as
+//! each flush arrives), runs the signal SQL over a window's state when the watermark passes its
+//! end, and commits the rows to `region_metrics_1m` and `evu_1m`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Instant;
 use campo_lake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, TimestampMicrosecondArray,
 };
-use campo_lake::arrow::compute::{SortColumn, cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
+use campo_lake::arrow::compute::{cast, concat_batches, filter_record_batch};
 use campo_lake::arrow::datatypes::{Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
 use campo_lake::{CommitOutcome, Lake, LakeError, OffsetTxn, TableCommit, TableKind, TableWriter};
 use datafusion::datasource::MemTable;
@@ -18,18 +19,20 @@ use datafusion::prelude::SessionContext;
 use crate::config::Config;
 use crate::ingest::{Shutdown, Stats, commit_retrying};
 
-use super::sql;
+use super::sql::{self, Source, StateQuery};
 
-/// Columns of `readings` the pipelines read (plus provenance for the fixed order).
-const READING_COLS: [&str; 10] = [
-    "region", "user_hash", "hz", "hz_bucket", "mood_delta", "entropy", "occurred_at", "kafka_topic",
-    "kafka_partition", "kafka_offset",
-];
-/// Columns of `activity` the pipelines read.
-const ACTIVITY_COLS: [&str; 12] = [
-    "region", "kind", "user_hash", "status", "latency_ms", "waf_blocked", "items_count", "entropy", "occurred_at",
-    "kafka_topic", "kafka_partition", "kafka_offset",
-];
+/// Columns of `readings` the state queries read.
+const READING_COLS: [&str; 7] = ["region", "user_hash", "hz", "hz_bucket", "mood_delta", "entropy", "occurred_at"];
+/// Columns of `activity` the state queries read.
+const ACTIVITY_COLS: [&str; 8] =
+    ["region", "kind", "user_hash", "status", "latency_ms", "waf_blocked", "entropy", "occurred_at"];
+
+/// Partial rows of a state table are merged once they outnumber the merged rows (and at least
+/// this many): merging costs amortized O(1) per partial row, and a window's close reads at most
+/// about twice its merged state.
+const MIN_MERGE_ROWS: usize = 65_536;
+/// Bronze rows per state update when reloading open windows on start.
+const RELOAD_CHUNK_ROWS: usize = 262_144;
 
 /// The txn "topic" of derived tables: app id `{pipeline}-windows-0`.
 const TXN_TOPIC: &str = "windows";
@@ -70,6 +73,54 @@ impl Derived {
     }
 }
 
+/// One state table of the open windows: merged rows plus partial rows not merged yet.
+struct State {
+    query: &'static StateQuery,
+    /// The query's output schema, every column nullable (partial and merged rows share it).
+    schema: SchemaRef,
+    merged: Vec<RecordBatch>,
+    merged_rows: usize,
+    partial: Vec<RecordBatch>,
+    partial_rows: usize,
+}
+
+impl State {
+    /// Plans the query over an empty batch of its events for the state's schema.
+    async fn new(ctx: &SessionContext, query: &'static StateQuery, events: SchemaRef) -> datafusion::error::Result<Self> {
+        let _ = ctx.deregister_table(query.source.table())?;
+        ctx.register_table(query.source.table(), Arc::new(MemTable::try_new(events, vec![vec![]])?))?;
+        let planned = ctx.sql(query.sql).await?;
+        let fields: Vec<Field> =
+            planned.schema().as_arrow().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        let schema = Arc::new(Schema::new(fields));
+        Ok(Self { query, schema, merged: Vec::new(), merged_rows: 0, partial: Vec::new(), partial_rows: 0 })
+    }
+
+    fn rows(&self) -> usize {
+        self.merged_rows + self.partial_rows
+    }
+
+    fn bytes(&self) -> usize {
+        self.merged.iter().chain(&self.partial).map(|b| b.get_array_memory_size()).sum()
+    }
+
+    /// Brings query output to the state's schema.
+    fn conform(&self, batches: Vec<RecordBatch>) -> datafusion::error::Result<Vec<RecordBatch>> {
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
+            let schema = self.schema.clone();
+            let cols = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(RecordBatch::try_new(schema, cols)?);
+        }
+        Ok(out)
+    }
+}
+
 pub struct WindowStage {
     config: Config,
     stats: Arc<Stats>,
@@ -77,8 +128,8 @@ pub struct WindowStage {
     ctx: SessionContext,
     size_us: i64,
     tables: [Derived; 2],
-    readings: Vec<RecordBatch>,
-    activity: Vec<RecordBatch>,
+    /// `sql::REGION_METRICS_STATE` then `sql::EVU_STATE`.
+    states: Vec<State>,
     reading_schema: SchemaRef,
     activity_schema: SchemaRef,
     rm_sql: String,
@@ -101,19 +152,32 @@ impl WindowStage {
             fields.push(Field::new("window_end", campo_lake::schema::ts(), false));
             Arc::new(Schema::new(fields))
         };
+        let ctx = sql::session(&config.signals);
+        let reading_schema = with_windows(&TableKind::Readings.schema(), &READING_COLS);
+        let activity_schema = with_windows(&TableKind::Activity.schema(), &ACTIVITY_COLS);
+        let mut states = Vec::new();
+        for query in sql::REGION_METRICS_STATE.iter().chain(&sql::EVU_STATE) {
+            let events = match query.source {
+                Source::Readings => reading_schema.clone(),
+                Source::Activity => activity_schema.clone(),
+            };
+            let state = State::new(&ctx, query, events)
+                .await
+                .map_err(|source| LakeError::Query { table: format!("(window state {})", query.name), source })?;
+            states.push(state);
+        }
         let stage = Self {
-            ctx: sql::session(&config.signals),
+            ctx,
             size_us: config.windows.size.as_micros() as i64,
-            reading_schema: with_windows(&TableKind::Readings.schema(), &READING_COLS),
-            activity_schema: with_windows(&TableKind::Activity.schema(), &ACTIVITY_COLS),
+            reading_schema,
+            activity_schema,
             rm_sql: sql::render(sql::REGION_METRICS_1M, &config.signals),
             evu_sql: sql::render(sql::EVU_1M, &config.signals),
             config: config.clone(),
             stats,
             shutdown,
             tables,
-            readings: Vec::new(),
-            activity: Vec::new(),
+            states,
             warned_size: false,
         };
         if let Some(t) = stage.resume_through() {
@@ -139,15 +203,26 @@ impl WindowStage {
         let started = Instant::now();
         let since = self.reload_from();
         let filter = since.map_or(String::new(), |t| format!(" AND occurred_at >= to_timestamp_micros({t})"));
-        for (table, cols) in [("readings", &READING_COLS[..]), ("activity", &ACTIVITY_COLS[..])] {
-            let sql = format!("SELECT {}, late FROM {table} WHERE NOT late{filter}", cols.join(", "));
+        let mut events = 0;
+        for (source, cols) in [(Source::Readings, &READING_COLS[..]), (Source::Activity, &ACTIVITY_COLS[..])] {
+            let sql = format!("SELECT {}, late FROM {} WHERE NOT late{filter}", cols.join(", "), source.table());
             let batches = lake.query(&sql).await?;
+            let mut chunk = Vec::new();
+            let mut rows = 0;
             for b in batches {
-                self.add(table == "readings", &b);
+                rows += b.num_rows();
+                events += b.num_rows();
+                chunk.push(b);
+                if rows >= RELOAD_CHUNK_ROWS {
+                    self.update(source, &std::mem::take(&mut chunk)).await?;
+                    rows = 0;
+                }
             }
+            self.update(source, &chunk).await?;
         }
         tracing::info!(
-            rows = self.open_rows(),
+            events,
+            state_rows = self.open_rows(),
             since = ?since.map(fmt_us),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "open windows reloaded from bronze"
@@ -156,15 +231,59 @@ impl WindowStage {
     }
 
     fn open_rows(&self) -> usize {
-        self.readings.iter().chain(&self.activity).map(|b| b.num_rows()).sum()
+        self.states.iter().map(State::rows).sum()
     }
 
-    /// Adds a committed bronze batch: non-late rows, projected, with their window.
-    fn add(&mut self, is_reading: bool, batch: &RecordBatch) {
-        let (cols, schema) = if is_reading {
-            (&READING_COLS[..], self.reading_schema.clone())
-        } else {
-            (&ACTIVITY_COLS[..], self.activity_schema.clone())
+    /// Folds committed bronze batches of one source into the state tables that read it.
+    async fn update(&mut self, source: Source, batches: &[RecordBatch]) -> Result<(), LakeError> {
+        let started = Instant::now();
+        let events: Vec<RecordBatch> = batches.iter().filter_map(|b| self.project(source, b)).collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        let schema = events[0].schema();
+        let events = concat_batches(&schema, &events).expect("same schema");
+        let query_err = |source| LakeError::Query { table: "(window state)".into(), source };
+        for i in 0..self.states.len() {
+            let query = self.states[i].query;
+            if query.source != source {
+                continue;
+            }
+            let out = self.run_sql(query.sql, &[(source.table(), events.clone())]).await.map_err(query_err)?;
+            let state = &mut self.states[i];
+            let out = state.conform(out).map_err(query_err)?;
+            state.partial_rows += out.iter().map(|b| b.num_rows()).sum::<usize>();
+            state.partial.extend(out);
+            if state.partial_rows >= state.merged_rows.max(MIN_MERGE_ROWS) {
+                self.merge(i).await.map_err(query_err)?;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        self.stats.record_state_update(secs);
+        metrics::histogram!("campo_window_state_update_seconds").record(secs);
+        Ok(())
+    }
+
+    /// Merges a state table's partial rows into one row per key.
+    async fn merge(&mut self, i: usize) -> datafusion::error::Result<()> {
+        let state = &self.states[i];
+        let schema = state.schema.clone();
+        let all = concat_batches(&schema, state.merged.iter().chain(&state.partial))?;
+        let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let out = self.run_sql(&sql::merge_sql(&columns), &[("state", all)]).await?;
+        let state = &mut self.states[i];
+        state.merged = state.conform(out)?;
+        state.merged_rows = state.merged.iter().map(|b| b.num_rows()).sum();
+        state.partial.clear();
+        state.partial_rows = 0;
+        Ok(())
+    }
+
+    /// A committed bronze batch's non-late rows, projected, with their window.
+    fn project(&self, source: Source, batch: &RecordBatch) -> Option<RecordBatch> {
+        let (cols, schema) = match source {
+            Source::Readings => (&READING_COLS[..], self.reading_schema.clone()),
+            Source::Activity => (&ACTIVITY_COLS[..], self.activity_schema.clone()),
         };
         let batch = match batch.column_by_name("late") {
             Some(late) => {
@@ -174,7 +293,7 @@ impl WindowStage {
             None => batch.clone(),
         };
         if batch.num_rows() == 0 {
-            return;
+            return None;
         }
         // Bronze read back through DataFusion may come as Utf8View: cast to the window schema.
         let mut columns: Vec<ArrayRef> = cols
@@ -191,13 +310,12 @@ impl WindowStage {
         let end: TimestampMicrosecondArray = start.iter().map(|t| t.map(|t| t + size)).collect();
         columns.push(Arc::new(start.with_timezone("UTC")));
         columns.push(Arc::new(end.with_timezone("UTC")));
-        let b = RecordBatch::try_new(schema, columns).expect("window columns match");
-        if is_reading { self.readings.push(b) } else { self.activity.push(b) }
+        Some(RecordBatch::try_new(schema, columns).expect("window columns match"))
     }
 
-    /// Splits the open rows into those of windows ending at or before `through` (returned,
-    /// sorted by topic, partition and offset) and the rest (kept).
-    fn take_closed(open: &mut Vec<RecordBatch>, schema: &SchemaRef, through: i64) -> RecordBatch {
+    /// Splits state rows into those of windows ending at or before `through` (returned) and
+    /// the rest (kept).
+    fn take_closed(open: &mut Vec<RecordBatch>, through: i64) -> Vec<RecordBatch> {
         let mut closed = Vec::new();
         let mut keep = Vec::new();
         for b in open.drain(..) {
@@ -215,14 +333,7 @@ impl WindowStage {
             }
         }
         *open = keep;
-        let all = concat_batches(schema, &closed).expect("same schema");
-        if all.num_rows() < 2 {
-            return all;
-        }
-        // One topic per table: (partition, offset) is the fixed order.
-        let key = |c: &str| SortColumn { values: all.column_by_name(c).expect("provenance").clone(), options: None };
-        let idx = lexsort_to_indices(&[key("kafka_partition"), key("kafka_offset")], None).expect("sort");
-        take_record_batch(&all, &idx).expect("take")
+        closed
     }
 
     async fn run_sql(&self, sql: &str, tables: &[(&str, RecordBatch)]) -> datafusion::error::Result<Vec<RecordBatch>> {
@@ -234,13 +345,22 @@ impl WindowStage {
         self.ctx.sql(sql).await?.collect().await
     }
 
-    /// Computes every window ending at or before `through` from the open rows.
+    /// Computes every window ending at or before `through` from the open windows' state.
     async fn compute(&mut self, through: i64) -> datafusion::error::Result<[RecordBatch; 2]> {
-        let readings = Self::take_closed(&mut self.readings, &self.reading_schema, through);
-        let activity = Self::take_closed(&mut self.activity, &self.activity_schema, through);
-        let rm = self.run_sql(&self.rm_sql, &[("readings", readings)]).await?;
+        let mut closed: Vec<(&str, RecordBatch)> = Vec::with_capacity(self.states.len());
+        for state in &mut self.states {
+            let mut rows = Self::take_closed(&mut state.merged, through);
+            state.merged_rows = state.merged.iter().map(|b| b.num_rows()).sum();
+            rows.extend(Self::take_closed(&mut state.partial, through));
+            state.partial_rows = state.partial.iter().map(|b| b.num_rows()).sum();
+            closed.push((state.query.name, concat_batches(&state.schema, &rows)?));
+        }
+        let (rm_inputs, evu_inputs) = closed.split_at(sql::REGION_METRICS_STATE.len());
+        let rm = self.run_sql(&self.rm_sql, rm_inputs).await?;
         let rm = conform(&rm, &TableKind::RegionMetrics1m.schema())?;
-        let evu = self.run_sql(&self.evu_sql, &[("activity", activity), ("region_metrics", rm.clone())]).await?;
+        let mut evu_inputs = evu_inputs.to_vec();
+        evu_inputs.push(("region_metrics", rm.clone()));
+        let evu = self.run_sql(&self.evu_sql, &evu_inputs).await?;
         let evu = conform(&evu, &TableKind::Evu1m.schema())?;
         Ok([rm, evu])
     }
@@ -306,19 +426,15 @@ impl WindowStage {
 
     /// Takes committed bronze rows and closes what the watermark has passed.
     pub async fn input(&mut self, input: WindowInput) -> Result<(), LakeError> {
-        for b in &input.readings {
-            self.add(true, b);
-        }
-        for b in &input.activity {
-            self.add(false, b);
-        }
+        self.update(Source::Readings, &input.readings).await?;
+        self.update(Source::Activity, &input.activity).await?;
         if let Some(through) = input.watermark {
             self.close(through, input.advanced_at).await?;
         }
         let rows = self.open_rows();
         self.stats.window_open_rows.store(rows, Ordering::Relaxed);
         metrics::gauge!("campo_window_open_rows").set(rows as f64);
-        let bytes: usize = self.readings.iter().chain(&self.activity).map(|b| b.get_array_memory_size()).sum();
+        let bytes: usize = self.states.iter().map(State::bytes).sum();
         metrics::gauge!("campo_window_state_bytes").set(bytes as f64);
         if rows > self.config.windows.max_open_rows && !self.warned_size {
             tracing::warn!(rows, max = self.config.windows.max_open_rows, "open windows hold more rows than windows.max_open_rows: is a partition stuck behind the others?");
