@@ -61,8 +61,7 @@ fn main() {
         rt.spawn(async move {
             let mut readings = TableWriter::open(&lake, TableKind::Readings, "bench").await.unwrap();
             let mut activity = TableWriter::open(&lake, TableKind::Activity, "bench").await.unwrap();
-            let mut stage = WindowStage::open(&lake, &cfg, stats.clone(), Shutdown::default()).await.unwrap();
-            stage.load_open(&lake).await.unwrap();
+            let stage = WindowStage::open(&lake, &cfg, stats.clone(), Shutdown::default()).await.unwrap();
             let stage = tokio::spawn(stage.run(win_rx));
             while let Some(f) = flush_rx.recv().await {
                 if !f.readings.txns.is_empty() {
@@ -78,6 +77,9 @@ fn main() {
                     activity: f.activity.batches,
                     watermark: f.watermark,
                     advanced_at: f.advanced_at,
+                    generation: f.generation,
+                    whole: f.whole,
+                    bronze_versions: [readings.version(), activity.version()],
                 });
             }
             drop(win_tx);
@@ -107,11 +109,12 @@ fn main() {
         let mut positions = Vec::new();
         for (contract, topic) in [(Contract::Reading, &sim_cfg.readings_topic), (Contract::Activity, &sim_cfg.activity_topic)] {
             for p in 0..PARTITIONS {
-                positions.push(PartitionPosition { contract, topic: topic.as_str().into(), partition: p, bronze_v: None, rejected_v: None });
+                positions.push(PartitionPosition { contract, topic: topic.as_str().into(), partition: p, bronze_v: None, rejected_v: None, max_event_us: None });
             }
         }
         let dedup = Dedup::new(Duration::from_secs(86_400), 50_000_000);
         st.assign(positions, dedup);
+        st.whole = true;
         let mut offsets = [[0i64; PARTITIONS as usize]; 2];
         let mut last_flush = Instant::now();
         let started = Instant::now();

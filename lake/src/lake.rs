@@ -113,6 +113,17 @@ impl Lake {
             .map_err(delta(name))
     }
 
+    /// Opens an existing table as of a version.
+    pub async fn open_at(&self, name: &str, version: u64) -> Result<DeltaTable> {
+        DeltaTableBuilder::from_url(self.table_url(name))
+            .map_err(delta(name))?
+            .with_storage_options(self.storage_options.clone())
+            .with_version(version as _)
+            .load()
+            .await
+            .map_err(delta(name))
+    }
+
     /// Opens the table, creating it with its campo schema when it does not exist.
     pub async fn open_or_create(&self, kind: TableKind) -> Result<DeltaTable> {
         self.open_or_create_with(kind.name(), &kind.schema(), &kind.partition_columns()).await

@@ -14,11 +14,21 @@ impl Lake {
     /// A DataFusion session with every campo table that exists in this lake registered by name
     /// and campo's functions (`campo_udfs`, default EVU weights) registered.
     pub async fn session(&self) -> Result<SessionContext> {
+        self.session_at(&[]).await
+    }
+
+    /// [`Lake::session`] with some tables read as of a version (time travel), e.g. to read
+    /// exactly what a writer had committed at some point.
+    pub async fn session_at(&self, pinned: &[(TableKind, u64)]) -> Result<SessionContext> {
         let ctx = SessionContext::new();
         campo_udfs::register(&ctx, [1.0; 4]);
         for kind in TableKind::ALL {
             let name = kind.name();
-            let Ok(table) = self.open(name).await else { continue };
+            let table = match pinned.iter().find(|(k, _)| *k == kind) {
+                Some((_, v)) => self.open_at(name, *v).await,
+                None => self.open(name).await,
+            };
+            let Ok(table) = table else { continue };
             table.update_datafusion_session(&ctx.state()).map_err(delta(name))?;
             let provider = table.table_provider().await.map_err(|source| LakeError::Query {
                 table: name.into(),
@@ -34,7 +44,12 @@ impl Lake {
 
     /// Runs one query over the lake and collects its batches.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let ctx = self.session().await?;
+        self.query_at(sql, &[]).await
+    }
+
+    /// [`Lake::query`] with some tables read as of a version.
+    pub async fn query_at(&self, sql: &str, pinned: &[(TableKind, u64)]) -> Result<Vec<RecordBatch>> {
+        let ctx = self.session_at(pinned).await?;
         let q = |source| LakeError::Query { table: "(query)".into(), source };
         ctx.sql(sql).await.map_err(q)?.collect().await.map_err(q)
     }

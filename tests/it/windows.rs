@@ -1,6 +1,7 @@
 //! Event-time windows and the signal pipelines end to end on rdkafka's mock cluster: the
-//! watermark (out-of-order, late and idle partitions), golden signals recomputed by polars, and
-//! identical rows after a kill -9 and restart.
+//! watermark (out-of-order, late and idle partitions), golden signals recomputed by polars,
+//! identical rows after a kill -9 and restart, and after two instances share the partitions
+//! and one leaves.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -148,8 +149,20 @@ async fn signal_rows(lake: &campo_lake::Lake, table: &str) -> Vec<String> {
     out
 }
 
+/// Asserts equal row sets, printing only the rows that differ.
+fn same_rows(got: Vec<String>, want: &[String], what: &str) {
+    let only_got: Vec<&String> = got.iter().filter(|r| !want.contains(r)).collect();
+    let only_want: Vec<&String> = want.iter().filter(|r| !got.contains(r)).collect();
+    assert!(
+        only_got.is_empty() && only_want.is_empty() && got.len() == want.len(),
+        "{what}: {} rows vs {} expected\nonly here:\n{only_got:#?}\nmissing:\n{only_want:#?}",
+        got.len(),
+        want.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signals_match_polars_and_are_identical_after_kill_9_and_restart() {
+async fn signals_match_polars_and_are_identical_after_kill_9_and_restart_and_with_two_instances() {
     let cluster = MockCluster::new(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&cluster, &dir.path().join("straight"));
@@ -234,4 +247,52 @@ async fn signals_match_polars_and_are_identical_after_kill_9_and_restart() {
     assert_eq!(signal_rows(&crashed, "region_metrics_1m").await, rm, "region_metrics_1m identical after the crash");
     assert_eq!(signal_rows(&crashed, "evu_1m").await, evu, "evu_1m identical after the crash");
     assert!(last.is_some());
+
+    // Two instances in one group split the partitions: neither sees whole windows, so neither
+    // writes any. When one leaves, the other holds every partition, rebuilds the open windows
+    // from bronze (which both wrote) and writes the same rows as the straight run.
+    let mut shared = config(&cluster, &dir.path().join("shared"));
+    let (r2, a2, d2) = ("two.readings".to_string(), "two.activity".to_string(), "two.dlq".to_string());
+    for (t, p) in [(&r2, 6), (&a2, 6), (&d2, 1)] {
+        cluster.create_topic(t, p, 1).unwrap();
+    }
+    (shared.kafka.readings_topic, shared.kafka.activity_topic, shared.kafka.dlq_topic) = (r2.clone(), a2.clone(), d2);
+    let shared_lake = lake(std::path::Path::new(&shared.lake.path));
+    let (s1, sh1, t1) = start(&shared);
+    let (s2, sh2, t2) = start(&shared);
+    wait_until(Duration::from_secs(60), "both instances hold partitions", || {
+        let (s1, s2) = (s1.clone(), s2.clone());
+        async move {
+            let (n1, n2) = (s1.assigned_partitions.load(Ordering::Relaxed), s2.assigned_partitions.load(Ordering::Relaxed));
+            n1 > 0 && n2 > 0 && n1 + n2 == 12
+        }
+    })
+    .await;
+    simulate(&[
+        "--brokers", &cfg.kafka.brokers, "--readings-topic", &r2, "--activity-topic", &a2, "--count", "30000", "--rate",
+        "0", "--seed", "11", "--partitions", "0", "--invalid-share", "0.01", "--duplicate-share", "0.01", "--late-share",
+        "0", "--out-of-order-share", "0.05", "--start", "2026-11-20T10:00:00Z", "--speed", "140", "--collapse",
+        "sa-east-1@1+4:0.8",
+    ]);
+    wait_until(Duration::from_secs(120), "both instances committed every record", || {
+        let (s1, s2) = (s1.clone(), s2.clone());
+        async move { s1.committed_total() + s2.committed_total() >= records }
+    })
+    .await;
+    // Idle partitions close windows after 2 s: give them the chance to (wrongly) close some.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(s1.committed_total() > 0 && s2.committed_total() > 0, "both instances ingested");
+    assert_eq!(s1.windows_closed.load(Ordering::Relaxed) + s2.windows_closed.load(Ordering::Relaxed), 0, "no instance closes partial windows");
+    assert_eq!(signal_rows(&shared_lake, "region_metrics_1m").await.len(), 0);
+    sh2.trigger();
+    t2.await.unwrap().unwrap();
+    wait_until(Duration::from_secs(120), "the remaining instance wrote every window", || {
+        let s = s1.clone();
+        async move { s.closed_through.load(Ordering::Relaxed) >= through }
+    })
+    .await;
+    sh1.trigger();
+    t1.await.unwrap().unwrap();
+    same_rows(signal_rows(&shared_lake, "region_metrics_1m").await, &rm, "region_metrics_1m with two instances");
+    same_rows(signal_rows(&shared_lake, "evu_1m").await, &evu, "evu_1m with two instances");
 }

@@ -30,6 +30,22 @@ pub(crate) struct IngestContext {
 }
 
 impl IngestContext {
+    /// Whether an assignment holds every partition of both input topics (a topic that does not
+    /// exist yet has none to hold). Only such an instance sees whole windows.
+    fn covers_every_partition(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> bool {
+        let k = &self.shared.config.kafka;
+        [&k.readings_topic, &k.activity_topic].into_iter().all(|topic| {
+            let assigned = tpl.elements_for_topic(topic).len();
+            match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+                Ok(md) => md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len()) == assigned,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "cannot read the topic's partitions; treating the assignment as partial");
+                    false
+                }
+            }
+        })
+    }
+
     fn contract_of(&self, topic: &str) -> Option<Contract> {
         let k = &self.shared.config.kafka;
         if topic == k.readings_topic {
@@ -154,8 +170,10 @@ impl ConsumerContext for IngestContext {
                     positions = ?positions.iter().map(|p| format!("{}/{}@{}", p.topic, p.partition, p.resume_at().map_or("start".into(), |o| o.to_string()))).collect::<Vec<_>>(),
                     "partitions assigned; resuming from the Delta log"
                 );
+                let whole = self.covers_every_partition(consumer, tpl);
                 let mut state = self.state.lock().expect("state lock");
                 state.assign(positions, dedup);
+                state.whole = whole;
                 self.shared.stats.assigned_partitions.store(state.assigned(), Ordering::Relaxed);
                 drop(state);
                 if let Err(e) = consumer.assign(tpl) {
@@ -243,6 +261,7 @@ impl Loop<'_> {
         let cfg = &self.shared.config.ingest;
         let mut resync = false;
         let mut last_sweep = Instant::now();
+        let mut last_whole_check = Instant::now();
         let mut last_end_check = Instant::now();
         while !self.shared.shutdown.is_triggered() {
             resync |= self.drain_events();
@@ -288,13 +307,27 @@ impl Loop<'_> {
                     tracing::info!("kafka ready");
                 }
             }
+            if last_whole_check.elapsed() >= Duration::from_secs(10) {
+                // A metadata error at the rebalance may have left the assignment judged partial.
+                last_whole_check = Instant::now();
+                let partial = {
+                    let st = self.ctx().state.lock().expect("state");
+                    !st.whole && st.assigned() > 0
+                };
+                if partial && let Ok(assignment) = self.consumer.assignment() {
+                    let whole = self.ctx().covers_every_partition(&self.consumer, &assignment);
+                    self.ctx().state.lock().expect("state").whole = whole;
+                }
+            }
             let mut st = self.ctx().state.lock().expect("state");
             let now_i = Instant::now();
             if taken == 0 || last_end_check.elapsed() >= Duration::from_millis(100) {
                 last_end_check = now_i;
                 self.update_caught_up(&mut st);
             }
-            if st.wm.advance(now_i).is_some() {
+            // Only an instance holding every partition knows the watermark: a partial one
+            // leaves `closed_through` where the windows written put it (late = behind that).
+            if st.whole && st.wm.advance(now_i).is_some() {
                 st.advanced_at = Some(now_i);
             }
             // A window closing cuts at once: its rows reach the window stage without waiting

@@ -51,6 +51,10 @@ pub struct Counts {
 #[derive(Debug)]
 pub struct Flush {
     pub epoch: u64,
+    /// The assignment generation the flush was cut in (see `IngestState::generation`).
+    pub generation: u64,
+    /// Whether the assignment covered every partition of both input topics.
+    pub whole: bool,
     pub readings: TableCommit,
     pub activity: TableCommit,
     pub rejected: TableCommit,
@@ -191,10 +195,11 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: Shutdown) -> Resul
     }
     // The dedup set is rebuilt from bronze at every assignment (see consumer.rs).
     let dedup = crate::dedup::Dedup::new(config.ingest.dedup_horizon, config.ingest.dedup_max_keys);
-    // The window stage resumes from the last window written and reloads the open ones.
+    // The window stage resumes from the last window written; it rebuilds the open windows'
+    // state from bronze when the first flush of an assignment that holds every partition
+    // reaches it.
     let (window_tx, stage) = if config.windows.enabled {
-        let mut stage = WindowStage::open(&lake, &config, stats.clone(), shutdown.clone()).await?;
-        stage.load_open(&lake).await?;
+        let stage = WindowStage::open(&lake, &config, stats.clone(), shutdown.clone()).await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         (Some(tx), Some((stage, rx)))
     } else {

@@ -15,7 +15,13 @@ pub(crate) fn primary_table(contract: Contract) -> TableKind {
     }
 }
 
-/// The committed position of each `(contract, topic, partition)`, read from the Delta log.
+/// Committed records per partition whose event times restore its watermark.
+const RESTORE_RECORDS: i64 = 1000;
+
+/// The committed position of each `(contract, topic, partition)`, read from the Delta log, and
+/// the largest event time among its last [`RESTORE_RECORDS`] committed records (the
+/// partition's watermark is restored from it: as good as the event time seen before, unless
+/// records more than that far back were further ahead).
 pub async fn read_positions(
     lake: &Lake,
     pipeline: &str,
@@ -36,7 +42,42 @@ pub async fn read_positions(
             partition: *partition,
             bronze_v: primary.txn_version(topic, *partition).await?,
             rejected_v: rejected.txn_version(topic, *partition).await?,
+            max_event_us: None,
         });
+    }
+    for contract in [Contract::Reading, Contract::Activity] {
+        let recent: Vec<String> = out
+            .iter()
+            .filter(|p| p.contract == contract)
+            .filter_map(|p| {
+                let v = p.bronze_v?;
+                let topic = p.topic.replace('\'', "''");
+                Some(format!("(kafka_topic = '{topic}' AND kafka_partition = {} AND kafka_offset > {})", p.partition, v - RESTORE_RECORDS))
+            })
+            .collect();
+        if recent.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "SELECT kafka_topic, kafka_partition, CAST(max(occurred_at) AS BIGINT) FROM {} \
+             WHERE {} GROUP BY kafka_topic, kafka_partition",
+            primary_table(contract).name(),
+            recent.join(" OR ")
+        );
+        for batch in lake.query(&sql).await? {
+            use campo_lake::arrow::array::{Array, AsArray};
+            use campo_lake::arrow::datatypes::{Int32Type, Int64Type};
+            let topic = campo_lake::arrow::compute::cast(batch.column(0), &campo_lake::arrow::datatypes::DataType::Utf8)
+                .expect("kafka_topic casts to Utf8");
+            let (topic, partition, max) =
+                (topic.as_string::<i32>(), batch.column(1).as_primitive::<Int32Type>(), batch.column(2).as_primitive::<Int64Type>());
+            for i in 0..batch.num_rows() {
+                let found = out.iter_mut().find(|p| p.contract == contract && *p.topic == *topic.value(i) && p.partition == partition.value(i));
+                if let (Some(p), true) = (found, max.is_valid(i)) {
+                    p.max_event_us = Some(max.value(i));
+                }
+            }
+        }
     }
     Ok(out)
 }

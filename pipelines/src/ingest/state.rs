@@ -25,6 +25,9 @@ pub struct PartitionPosition {
     pub bronze_v: Option<i64>,
     /// The `rejected` table's txn version: invalid records up to it are in `rejected`.
     pub rejected_v: Option<i64>,
+    /// The largest event time among the partition's last committed records (restores the
+    /// partition's watermark; see `read_positions`).
+    pub max_event_us: Option<i64>,
 }
 
 impl PartitionPosition {
@@ -53,6 +56,12 @@ pub struct IngestState {
     covered: BTreeMap<(Contract, i32), i64>,
     pub dedup: Dedup,
     pub epoch: u64,
+    /// Bumped at every (re)assignment: the window stage rebuilds its state from bronze when a
+    /// flush of a new generation reaches it.
+    pub generation: u64,
+    /// Whether this instance is assigned every partition of both input topics (only then does
+    /// it see whole windows).
+    pub whole: bool,
     pub buffered_since: Option<Instant>,
     /// A flush that was cut but not yet handed to the writer (it is full).
     pub held: Option<Flush>,
@@ -85,6 +94,8 @@ impl IngestState {
             covered: BTreeMap::new(),
             dedup,
             epoch: 1,
+            generation: 0,
+            whole: false,
             buffered_since: None,
             held: None,
             wm,
@@ -121,8 +132,14 @@ impl IngestState {
     /// Replaces the assignment with these positions and the dedup set rebuilt with them
     /// (buffers must be empty).
     pub fn assign(&mut self, positions: Vec<PartitionPosition>, dedup: Dedup) {
+        self.generation += 1;
         self.dedup = dedup;
         self.wm.assign(positions.iter().map(|p| (idx(p.contract), p.partition)), Instant::now());
+        for p in &positions {
+            if let Some(t) = p.max_event_us {
+                self.wm.restore((idx(p.contract), p.partition), t);
+            }
+        }
         self.parts = positions
             .into_iter()
             .map(|pos| ((pos.contract, pos.partition), Part { last_seen: pos.bronze_v, pos }))
@@ -273,6 +290,8 @@ impl IngestState {
         self.buffered_since = None;
         Some(Flush {
             epoch: self.epoch,
+            generation: self.generation,
+            whole: self.whole,
             readings,
             activity,
             rejected,

@@ -42,6 +42,7 @@ pub(crate) async fn run(
     shared.stats.lake_ready.store(true, Ordering::SeqCst);
     let producer = dlq_producer(&shared)?;
     let mut refused_epoch = 0;
+    let mut window_generation = None;
     while let Some(flush) = flushes.recv().await {
         if flush.epoch <= refused_epoch {
             // Cut before the consumer resynchronised: continues from offsets that were refused.
@@ -57,6 +58,16 @@ pub(crate) async fn run(
                     metrics::histogram!("campo_flush_seconds").record(started.elapsed().as_secs_f64());
                     let _ = events.send(WriterEvent::Committed { positions: flush.positions.clone() });
                     if let Some(w) = &windows {
+                        // The first flush of an assignment pins the bronze versions the stage
+                        // rebuilds from: the latest, other instances' commits included.
+                        if window_generation != Some(flush.generation) {
+                            window_generation = Some(flush.generation);
+                            for t in [&mut tables.readings, &mut tables.activity] {
+                                if let Err(e) = t.reload().await {
+                                    tracing::warn!(error = %e, table = t.name(), "cannot bring the table to its latest version");
+                                }
+                            }
+                        }
                         // Only committed rows reach the windows; a closed channel means the
                         // stage stopped, and it stops the ingest itself.
                         let _ = w.send(WindowInput {
@@ -64,6 +75,9 @@ pub(crate) async fn run(
                             activity: flush.activity.batches.clone(),
                             watermark: flush.watermark,
                             advanced_at: flush.advanced_at,
+                            generation: flush.generation,
+                            whole: flush.whole,
+                            bronze_versions: [tables.readings.version(), tables.activity.version()],
                         });
                     }
                 }

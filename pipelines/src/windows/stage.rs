@@ -14,6 +14,7 @@ use campo_lake::arrow::compute::{cast, concat_batches, filter_record_batch};
 use campo_lake::arrow::datatypes::{Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
 use campo_lake::{CommitOutcome, Lake, LakeError, OffsetTxn, TableCommit, TableKind, TableWriter};
 use datafusion::datasource::MemTable;
+use futures_util::StreamExt;
 use datafusion::prelude::SessionContext;
 
 use crate::config::Config;
@@ -46,6 +47,13 @@ pub struct WindowInput {
     pub watermark: Option<i64>,
     /// When the watermark reached that window end (for close-to-visible latency).
     pub advanced_at: Option<Instant>,
+    /// The consumer's assignment generation when the flush was cut.
+    pub generation: u64,
+    /// Whether that assignment held every partition of both input topics.
+    pub whole: bool,
+    /// `readings` and `activity` versions right after this flush's commit: a new generation's
+    /// first flush rebuilds the state from bronze as of these (this flush included).
+    pub bronze_versions: [Option<u64>; 2],
 }
 
 /// The latest closed window of a region, for live output.
@@ -100,6 +108,13 @@ impl State {
         self.merged_rows + self.partial_rows
     }
 
+    fn clear(&mut self) {
+        self.merged.clear();
+        self.partial.clear();
+        self.merged_rows = 0;
+        self.partial_rows = 0;
+    }
+
     fn bytes(&self) -> usize {
         self.merged.iter().chain(&self.partial).map(|b| b.get_array_memory_size()).sum()
     }
@@ -122,6 +137,10 @@ impl State {
 }
 
 pub struct WindowStage {
+    lake: Lake,
+    /// The generation whose state this is (None: none built yet, or the assignment is partial).
+    generation: Option<u64>,
+    warned_partial: bool,
     config: Config,
     stats: Arc<Stats>,
     shutdown: Shutdown,
@@ -167,6 +186,9 @@ impl WindowStage {
             states.push(state);
         }
         let stage = Self {
+            lake: lake.clone(),
+            generation: None,
+            warned_partial: false,
             ctx,
             size_us: config.windows.size.as_micros() as i64,
             reading_schema,
@@ -198,34 +220,52 @@ impl WindowStage {
         a.through.zip(b.through).map(|(x, y)| x.min(y))
     }
 
-    /// Reloads the open windows' non-late rows from bronze (on start).
-    pub async fn load_open(&mut self, lake: &Lake) -> Result<(), LakeError> {
+    /// Rebuilds the open windows' state from bronze's non-late rows, as of `versions` of
+    /// `readings` and `activity` (latest when None), and re-reads where the derived tables stand.
+    pub async fn load_open(&mut self, versions: [Option<u64>; 2]) -> Result<(), LakeError> {
         let started = Instant::now();
+        for t in &mut self.tables {
+            t.writer.reload().await?;
+            t.through = t.writer.txn_version(TXN_TOPIC, 0).await?;
+        }
+        for state in &mut self.states {
+            state.clear();
+        }
         let since = self.reload_from();
         let filter = since.map_or(String::new(), |t| format!(" AND occurred_at >= to_timestamp_micros({t})"));
+        let pinned: Vec<(TableKind, u64)> = [TableKind::Readings, TableKind::Activity]
+            .into_iter()
+            .zip(versions)
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        let ctx = self.lake.session_at(&pinned).await?;
+        let query_err = |source| LakeError::Query { table: "(bronze reload)".into(), source };
         let mut events = 0;
         for (source, cols) in [(Source::Readings, &READING_COLS[..]), (Source::Activity, &ACTIVITY_COLS[..])] {
-            let sql = format!("SELECT {}, late FROM {} WHERE NOT late{filter}", cols.join(", "), source.table());
-            let batches = lake.query(&sql).await?;
-            let mut chunk = Vec::new();
-            let mut rows = 0;
-            for b in batches {
-                rows += b.num_rows();
-                events += b.num_rows();
-                chunk.push(b);
-                if rows >= RELOAD_CHUNK_ROWS {
-                    self.update(source, &std::mem::take(&mut chunk)).await?;
-                    rows = 0;
+            if ctx.table_exist(source.table()).map_err(query_err)? {
+                let sql = format!("SELECT {}, late FROM {} WHERE NOT late{filter}", cols.join(", "), source.table());
+                let mut stream = ctx.sql(&sql).await.map_err(query_err)?.execute_stream().await.map_err(query_err)?;
+                let mut chunk = Vec::new();
+                let mut rows = 0;
+                while let Some(b) = stream.next().await {
+                    let b = b.map_err(query_err)?;
+                    rows += b.num_rows();
+                    events += b.num_rows();
+                    chunk.push(b);
+                    if rows >= RELOAD_CHUNK_ROWS {
+                        self.update(source, &std::mem::take(&mut chunk)).await?;
+                        rows = 0;
+                    }
                 }
+                self.update(source, &chunk).await?;
             }
-            self.update(source, &chunk).await?;
         }
         tracing::info!(
             events,
             state_rows = self.open_rows(),
             since = ?since.map(fmt_us),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "open windows reloaded from bronze"
+            "open windows' state rebuilt from bronze"
         );
         Ok(())
     }
@@ -426,10 +466,33 @@ impl WindowStage {
 
     /// Takes committed bronze rows and closes what the watermark has passed.
     pub async fn input(&mut self, input: WindowInput) -> Result<(), LakeError> {
-        self.update(Source::Readings, &input.readings).await?;
-        self.update(Source::Activity, &input.activity).await?;
-        if let Some(through) = input.watermark {
-            self.close(through, input.advanced_at).await?;
+        if !input.whole {
+            // Other instances hold some partitions: this one would compute partial windows.
+            if !self.warned_partial {
+                tracing::warn!(
+                    "this instance is not assigned every partition of the input topics: it computes no windows \
+                     (the instance that holds them all does; with several, set windows.enabled = false on all but one)"
+                );
+                self.warned_partial = true;
+            }
+            self.generation = None;
+            for state in &mut self.states {
+                state.clear();
+            }
+        } else {
+            if self.generation != Some(input.generation) {
+                // A new assignment: rows committed meanwhile (by this instance or others) are
+                // in bronze, as of this flush.
+                self.load_open(input.bronze_versions).await?;
+                self.generation = Some(input.generation);
+                self.warned_partial = false;
+            } else {
+                self.update(Source::Readings, &input.readings).await?;
+                self.update(Source::Activity, &input.activity).await?;
+            }
+            if let Some(through) = input.watermark {
+                self.close(through, input.advanced_at).await?;
+            }
         }
         let rows = self.open_rows();
         self.stats.window_open_rows.store(rows, Ordering::Relaxed);

@@ -55,13 +55,23 @@ impl Watermarks {
         self.closed_through
     }
 
-    /// Replaces the assigned partitions. Per-partition event times start afresh (as in Flink,
-    /// watermarks are not restored); `closed_through` stays, so nothing reopens.
+    /// Replaces the assigned partitions. Per-partition event times start afresh (the consumer
+    /// then restores them from bronze with [`Watermarks::restore`]); `closed_through` stays, so
+    /// nothing reopens.
     pub fn assign(&mut self, parts: impl IntoIterator<Item = PartKey>, now: Instant) {
         self.parts = parts
             .into_iter()
             .map(|k| (k, PartWm { max_event_us: None, last_record: now, caught_up: false }))
             .collect();
+    }
+
+    /// Sets an assigned partition's largest event time as read back from bronze, so a
+    /// restarted or rebalanced consumer closes the windows its predecessor had seen the end of
+    /// without waiting for new records.
+    pub fn restore(&mut self, part: PartKey, max_event_us: i64) {
+        if let Some(p) = self.parts.get_mut(&part) {
+            p.max_event_us = Some(p.max_event_us.map_or(max_event_us, |m| m.max(max_event_us)));
+        }
     }
 
     /// Whether an event belongs to a window that is already closed.
@@ -199,6 +209,21 @@ mod tests {
         assert_eq!(w.closed_through(), Some(30 * MIN));
         assert!(w.is_late(29 * MIN + 59 * SEC));
         assert!(!w.is_late(30 * MIN));
+    }
+
+    #[test]
+    fn restored_event_times_close_windows_without_new_records() {
+        let t0 = Instant::now();
+        let mut w = wms(None);
+        w.assign([(0, 0), (0, 1)], t0);
+        w.restore((0, 0), 12 * MIN);
+        w.restore((0, 1), 12 * MIN + 50 * SEC);
+        w.restore((0, 2), 99 * MIN); // not assigned: ignored
+        assert_eq!(w.watermark(t0), Some(11 * MIN + 30 * SEC));
+        assert_eq!(w.advance(t0), Some(11 * MIN));
+        // A record older than the restored time does not move it back.
+        w.observe((0, 1), 12 * MIN, t0);
+        assert_eq!(w.watermark(t0), Some(11 * MIN + 30 * SEC));
     }
 
     #[test]
