@@ -14,6 +14,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub windows: WindowsConfig,
     pub signals: SignalsConfig,
+    pub protect: ProtectConfig,
     pub metrics: MetricsConfig,
 }
 
@@ -146,6 +147,59 @@ impl Default for SignalsConfig {
     }
 }
 
+/// Collapse forecasts and protective mode (SPEC 5 and 6). The levels' thresholds; `hz_mean`'s
+/// threshold is `signals.low_hz`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProtectConfig {
+    /// Forecast each region and run the protective-mode state machine at every window close.
+    pub enabled: bool,
+    /// Topic the level changes are sent to.
+    pub topic: String,
+    /// `soft`: `low_share` at or above this in the latest window ...
+    pub soft_low_share: f64,
+    /// ... or `p_collapse` at 10 minutes at or above this.
+    pub soft_p_collapse: f64,
+    /// `medium`: `hz_mean` under `signals.low_hz` in each of this many windows ...
+    pub medium_windows: usize,
+    /// ... or `low_share` at or above this ...
+    pub medium_low_share: f64,
+    /// ... in each of this many windows.
+    pub medium_share_windows: usize,
+    /// `hard`: `hz_mean` under `signals.low_hz` in each of this many windows ...
+    pub hard_windows: usize,
+    /// ... or a regional failure: `error_rate` above this ...
+    pub error_rate: f64,
+    /// ... or `latency_p95_ms` above this ...
+    pub latency_p95_ms: f64,
+    /// ... in each of this many windows.
+    pub failure_windows: usize,
+    /// `off`: no condition holds and `hz_mean` >= this and `low_share` < `soft_low_share` ...
+    pub recover_hz: f64,
+    /// ... in each of this many windows.
+    pub off_windows: usize,
+}
+
+impl Default for ProtectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            topic: "system.protect".into(),
+            soft_low_share: 0.5,
+            soft_p_collapse: 0.8,
+            medium_windows: 10,
+            medium_low_share: 0.65,
+            medium_share_windows: 3,
+            hard_windows: 30,
+            error_rate: 0.05,
+            latency_p95_ms: 1000.0,
+            failure_windows: 3,
+            recover_hz: 440.0,
+            off_windows: 5,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
@@ -231,6 +285,37 @@ impl Config {
         }
         if s.evu_weights.iter().any(|w| !w.is_finite() || *w < 0.0) || s.evu_weights.iter().sum::<f64>() <= 0.0 {
             return err("signals.evu_weights", "must be four finite weights >= 0, not all zero");
+        }
+        let p = &self.protect;
+        if p.topic.is_empty() || !p.topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return err("protect.topic", "must be a Kafka topic name ([a-zA-Z0-9._-]+)");
+        }
+        for (key, v) in [
+            ("protect.soft_low_share", p.soft_low_share),
+            ("protect.soft_p_collapse", p.soft_p_collapse),
+            ("protect.medium_low_share", p.medium_low_share),
+            ("protect.error_rate", p.error_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return err(key, "must be a share between 0 and 1");
+            }
+        }
+        for (key, n) in [
+            ("protect.medium_windows", p.medium_windows),
+            ("protect.medium_share_windows", p.medium_share_windows),
+            ("protect.hard_windows", p.hard_windows),
+            ("protect.failure_windows", p.failure_windows),
+            ("protect.off_windows", p.off_windows),
+        ] {
+            if n == 0 || n > 1440 {
+                return err(key, "must be a number of windows from 1 to 1440");
+            }
+        }
+        if !(p.latency_p95_ms.is_finite() && p.latency_p95_ms > 0.0) {
+            return err("protect.latency_p95_ms", "must be a positive number of milliseconds");
+        }
+        if !(p.recover_hz.is_finite() && p.recover_hz >= s.low_hz) {
+            return err("protect.recover_hz", "must be a number at or above signals.low_hz");
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return err("metrics.listen", "must be an address like 127.0.0.1:9464, or empty");
