@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, installing what it needs first (idempotent, cached outside the clone):
 #   - tansu 0.6, an Apache-Kafka-compatible broker, for the end-to-end and crash tests;
-#   - a Python venv with deltalake, polars and duckdb (+ its delta extension) for interop tests.
+#   - a Python venv with deltalake, polars and duckdb (+ its delta extension) for interop tests;
+#   - promtool (Debian's prometheus package) to check and unit-test the alerting rules.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,16 @@ if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
   rm -rf "$TANSU_ROOT" && mv "$TANSU_ROOT.partial" "$TANSU_ROOT"
 fi
 export CAMPO_TANSU="$TANSU_ROOT/bin/tansu"
+
+# --- promtool (Debian's prometheus package), for the alerting rules' tests ---
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "==> installing promtool (Debian package prometheus, once per machine)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+fi
+export CAMPO_PROMTOOL="$(command -v promtool)"
 
 # --- Python readers ---
 REQ=tests/python/requirements.txt

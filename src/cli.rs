@@ -45,6 +45,9 @@ pub enum Command {
     Simulate(crate::simulate_cmd::SimulateArgs),
     /// The embedded demo: in-process Kafka, the simulator and the pipeline, writing ./lake.
     Demo(crate::demo::DemoArgs),
+    /// Score the collapse forecast on history (a lake, or a simulated scenario) against
+    /// persistence and the damped trend: Brier skill, calibration, lead times.
+    Backtest(crate::backtest_cmd::BacktestArgs),
 }
 
 /// Flags shared by every command that runs the pipeline.

@@ -22,7 +22,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 3000.0)]
     pub rate: f64,
     /// Simulated seconds per second.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 15.0)]
     pub speed: f64,
     /// Stop by itself after this long (default: run until Ctrl-C).
     #[arg(long)]
@@ -43,7 +43,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     cfg.lake.path = args.lake.clone();
     cfg.metrics.listen = args.metrics_listen.clone();
     cfg.validate()?;
-    for (t, p) in [(&cfg.kafka.readings_topic, 4), (&cfg.kafka.activity_topic, 4), (&cfg.kafka.dlq_topic, 1)] {
+    for (t, p) in [(&cfg.kafka.readings_topic, 4), (&cfg.kafka.activity_topic, 4), (&cfg.kafka.dlq_topic, 1), (&cfg.protect.topic, 1)] {
         cluster.create_topic(t, p, 1)?;
     }
     crate::run_cmd::serve_metrics(&cfg)?;
@@ -51,7 +51,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::default();
     crate::run_cmd::stop_on_signal(shutdown.clone());
     println!("campo demo: embedded Kafka at {brokers}, writing the lake to {}", args.lake);
-    println!("  simulating {:.0} events/s at {}x speed, a collapse planted in sa-east-1 from minute 2 for 15 minutes", args.rate, args.speed);
+    println!(
+        "  simulating {:.0} events/s at {}x speed: a collapse spreads through sa-east-1 from minute 11 (over 5 minutes, \
+         then 3 minutes deep, then recovery), another through us-east-1 from minute 30 for 40 minutes",
+        args.rate, args.speed
+    );
+    println!("  forecasts appear once a region has 10 closed windows; protective-mode changes go to `{}`", cfg.protect.topic);
     println!("  Ctrl-C stops cleanly with everything committed.\n");
 
     let sim_args = SimulateArgs {
@@ -63,7 +68,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         start: None,
         regions: campo_pipelines::simulate::DEFAULT_REGIONS.iter().map(|s| s.to_string()).collect(),
         users_per_region: 500,
-        collapses: vec!["sa-east-1@2+15:0.65".parse().map_err(anyhow::Error::msg)?],
+        collapses: vec![
+            "sa-east-1@11+8:0.8/5".parse().map_err(anyhow::Error::msg)?,
+            "us-east-1@30+40:0.85/8".parse().map_err(anyhow::Error::msg)?,
+        ],
         activity_share: 0.4,
         invalid_share: 0.01,
         duplicate_share: 0.01,
@@ -128,6 +136,7 @@ async fn show_progress(stats: Arc<Stats>) {
     };
     header();
     let mut shown_windows = 0;
+    let mut seen_changes = std::collections::HashSet::new();
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -149,6 +158,13 @@ async fn show_progress(stats: Arc<Stats>) {
             stats.consumer_lag.load(Ordering::Relaxed),
             state
         );
+        for c in stats.protect_changes.lock().expect("protect changes").iter() {
+            if seen_changes.insert(c.event_id.clone()) {
+                let at = campo_pipelines::windows::stage::fmt_us(c.window_end_us);
+                println!("\n  >> PROTECTIVE MODE {}: {} -> {} at window {at}: {}", c.region, c.previous.name(), c.level.name(), c.reason);
+                println!("     (sent to system.protect, written to alerts)\n");
+            }
+        }
         let closed = l(&stats.windows_closed);
         if closed != shown_windows {
             shown_windows = closed;
@@ -164,14 +180,23 @@ fn print_signals(stats: &Stats) {
     if signals.is_empty() {
         return;
     }
+    let protect = stats.protect.lock().expect("protect").clone();
     let through = campo_pipelines::windows::stage::fmt_us(stats.closed_through.load(Ordering::Relaxed));
     println!("\n  signals, windows closed through {through} (event time):");
-    println!("  {:<14} {:>20} {:>8} {:>8} {:>9} {:>10} {:>6}", "region", "window end", "readings", "hz_mean", "low_share", "state", "evu");
+    println!(
+        "  {:<14} {:>20} {:>8} {:>8} {:>9} {:>10} {:>6}  {:>22} {:>6}  {}",
+        "region", "window end", "readings", "hz_mean", "low_share", "state", "evu", "hz in 10 min (80%)", "p_coll", "protect"
+    );
     for (region, s) in &signals {
         let end = campo_pipelines::windows::stage::fmt_us(s.window_end_us);
         let evu = s.evu.map_or("-".to_string(), |e| format!("{e:.1}"));
+        let p = protect.get(region);
+        let band = p.and_then(|p| p.forecast_10).map_or("-".to_string(), |(f, lo, hi)| format!("{f:.0} [{lo:.0}, {hi:.0}]"));
+        let pc = p.and_then(|p| p.p_collapse_10).map_or("-".to_string(), |x| format!("{x:.2}"));
+        let level = p.map_or("off", |p| p.level.name());
+        let level = if level == "off" { "-".to_string() } else { format!("** {} **", level.to_uppercase()) };
         println!(
-            "  {region:<14} {end:>20} {:>8} {:>8.1} {:>9.2} {:>10} {evu:>6}",
+            "  {region:<14} {end:>20} {:>8} {:>8.1} {:>9.2} {:>10} {evu:>6}  {band:>22} {pc:>6}  {level}",
             s.readings, s.hz_mean, s.low_share, s.state
         );
     }
@@ -197,6 +222,9 @@ async fn summary(cfg: &Config, stats: &Stats) -> anyhow::Result<()> {
     println!("  python3 -c \"from deltalake import DeltaTable; print(DeltaTable('{path}/rejected').to_pandas()[['reason','message']].head())\"");
     println!("  python3 -c \"import polars as pl; print(pl.read_delta('{path}/region_metrics_1m').sort('window_start').tail(12))\"");
     println!("  python3 -c \"import polars as pl; print(pl.read_delta('{path}/evu_1m').group_by('region').agg(pl.col('evu').mean()))\"");
+    println!("  python3 -c \"import polars as pl; print(pl.read_delta('{path}/alerts').sort('window_end').select('region','window_end','level','reason'))\"");
+    println!("  python3 -c \"import polars as pl; print(pl.read_delta('{path}/collapse_forecast').filter(pl.col('horizon_min') == 10).sort('issued_at').tail(12))\"");
+    println!("  campo backtest --lake {path}     # how good the forecast was on this history");
     println!("  duckdb -c \"LOAD delta; SELECT kind, count(*) FROM delta_scan('{path}/activity') GROUP BY 1\"");
     println!("  (scripts/test.sh leaves a venv with all three readers under ~/.cache/campo/venv-*)");
     Ok(())

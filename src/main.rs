@@ -1,5 +1,6 @@
 //! `campo`: the command-line entry point.
 
+mod backtest_cmd;
 mod cli;
 mod demo;
 mod load_config;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run_cmd::run(args).await,
             Command::Simulate(args) => simulate_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Backtest(args) => backtest_cmd::run(args).await,
         }
     });
     match result {

@@ -42,7 +42,8 @@ pub struct SimulateArgs {
     pub regions: Vec<String>,
     #[arg(long, default_value_t = 500)]
     pub users_per_region: usize,
-    /// Plant a collapse: REGION@START_MIN+MINUTES[:LOW_SHARE], repeatable (e.g. sa-east-1@10+15:0.65).
+    /// Plant a collapse: REGION@START_MIN+MINUTES[:LOW_SHARE][/ONSET_MIN], repeatable (e.g. sa-east-1@10+15:0.65,
+    /// or sa-east-1@10+40:0.8/12 to spread it over 12 minutes).
     #[arg(long = "collapse")]
     pub collapses: Vec<Collapse>,
     #[arg(long, default_value_t = 0.4)]

@@ -19,11 +19,20 @@ pub enum TableKind {
     Rejected,
     RegionMetrics1m,
     Evu1m,
+    CollapseForecast,
+    Alerts,
 }
 
 impl TableKind {
-    pub const ALL: [TableKind; 5] =
-        [TableKind::Readings, TableKind::Activity, TableKind::Rejected, TableKind::RegionMetrics1m, TableKind::Evu1m];
+    pub const ALL: [TableKind; 7] = [
+        TableKind::Readings,
+        TableKind::Activity,
+        TableKind::Rejected,
+        TableKind::RegionMetrics1m,
+        TableKind::Evu1m,
+        TableKind::CollapseForecast,
+        TableKind::Alerts,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -32,6 +41,8 @@ impl TableKind {
             TableKind::Rejected => "rejected",
             TableKind::RegionMetrics1m => "region_metrics_1m",
             TableKind::Evu1m => "evu_1m",
+            TableKind::CollapseForecast => "collapse_forecast",
+            TableKind::Alerts => "alerts",
         }
     }
 
@@ -42,6 +53,8 @@ impl TableKind {
             TableKind::Rejected => schema::REJECTED.clone(),
             TableKind::RegionMetrics1m => schema::REGION_METRICS_1M.clone(),
             TableKind::Evu1m => schema::EVU_1M.clone(),
+            TableKind::CollapseForecast => schema::COLLAPSE_FORECAST.clone(),
+            TableKind::Alerts => schema::ALERTS.clone(),
         }
     }
 
@@ -50,6 +63,8 @@ impl TableKind {
             TableKind::Readings | TableKind::Activity => vec!["event_date".into()],
             TableKind::Rejected => vec!["rejected_date".into()],
             TableKind::RegionMetrics1m | TableKind::Evu1m => vec!["window_date".into()],
+            TableKind::CollapseForecast => vec!["issued_date".into()],
+            TableKind::Alerts => vec!["alert_date".into()],
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Arrow schemas of the bronze and rejected tables (SPEC 7).
+//! Arrow schemas of campo's tables (SPEC 7).
 //!
 //! Every timestamp is UTC microseconds. Bronze tables are partitioned by `event_date`, the UTC
 //! date of `occurred_at`; `rejected` by `rejected_date`, the UTC date it was rejected.
@@ -128,4 +128,41 @@ pub static EVU_1M: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("window_date", DataType::Date32, false),
     ]);
     Arc::new(Schema::new(f))
+});
+
+/// `collapse_forecast` (SPEC 5): per region, window close (`issued_at`) and horizon; partitioned
+/// by `issued_date`, the UTC date of `issued_at`.
+pub static COLLAPSE_FORECAST: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("region", DataType::Utf8, false),
+        Field::new("issued_at", ts(), false),
+        Field::new("horizon_min", DataType::Int32, false),
+        Field::new("target_window_end", ts(), false),
+        Field::new("hz_forecast", DataType::Float64, false),
+        Field::new("lo80", DataType::Float64, false),
+        Field::new("hi80", DataType::Float64, false),
+        Field::new("lo95", DataType::Float64, false),
+        Field::new("hi95", DataType::Float64, false),
+        Field::new("p_collapse", DataType::Float64, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("issued_date", DataType::Date32, false),
+    ]))
+});
+
+/// `alerts` (SPEC 6): one row per protective-mode level change, the outbox of `system.protect`;
+/// partitioned by `alert_date`, the UTC date of `window_end`.
+pub static ALERTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("level", DataType::Utf8, false),
+        Field::new("previous_level", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("window_end", ts(), false),
+        Field::new("expires_at", ts(), false),
+        Field::new("hz_mean", DataType::Float64, false),
+        Field::new("low_share", DataType::Float64, false),
+        Field::new("p_collapse_10", DataType::Float64, true),
+        Field::new("alert_date", DataType::Date32, false),
+    ]))
 });

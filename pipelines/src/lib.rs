@@ -6,6 +6,7 @@ pub mod contract;
 pub mod dedup;
 pub mod ingest;
 pub mod protect;
+pub mod replay;
 pub mod rows;
 pub mod simulate;
 pub mod windows;

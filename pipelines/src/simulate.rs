@@ -23,21 +23,49 @@ use crate::contract::Reason;
 pub const DEFAULT_REGIONS: [&str; 6] = ["sa-east-1", "us-east-1", "eu-west-1", "europe-west1", "asia-east1", "ap-south-1"];
 
 /// A planted collapse: from `start_min` (simulated minutes after the start) for `minutes`,
-/// `low_share` of the region's users read under 420 Hz.
+/// `low_share` of the region's users read under 420 Hz. With an `onset_min`, the collapse
+/// spreads from user to user first: the share of users under 420 Hz follows a logistic curve
+/// from about 1% of `low_share` at `start_min` to 99% of it `onset_min` later (unrest shows at
+/// once: sensorial entropy, mood and API latency move from `start_min`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Collapse {
     pub region: String,
     pub start_min: f64,
     pub minutes: f64,
     pub low_share: f64,
+    #[serde(default)]
+    pub onset_min: f64,
+}
+
+impl Collapse {
+    /// The share of users under 420 Hz `m` minutes after the simulation's start, if the
+    /// collapse is in force then.
+    pub fn share_at(&self, m: f64) -> Option<f64> {
+        if !(m >= self.start_min && m < self.start_min + self.minutes) {
+            return None;
+        }
+        if self.onset_min <= 0.0 {
+            return Some(self.low_share);
+        }
+        // Logistic through the onset's middle; 1% and 99% at its ends (ln 99 = 4.595).
+        let x = (m - self.start_min - self.onset_min / 2.0) / (self.onset_min / (2.0 * 4.595));
+        Some(self.low_share / (1.0 + (-x).exp()))
+    }
 }
 
 impl std::str::FromStr for Collapse {
     type Err = String;
-    /// `REGION@START_MIN+MINUTES[:LOW_SHARE]`, e.g. `sa-east-1@10+15:0.65`.
+    /// `REGION@START_MIN+MINUTES[:LOW_SHARE][/ONSET_MIN]`, e.g. `sa-east-1@10+15:0.65` or
+    /// `sa-east-1@10+40:0.8/12` (spreading over 12 minutes).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("collapse {s:?}: expected REGION@START_MIN+MINUTES[:LOW_SHARE], e.g. sa-east-1@10+15:0.65");
-        let (region, rest) = s.split_once('@').ok_or_else(bad)?;
+        let bad = || {
+            format!("collapse {s:?}: expected REGION@START_MIN+MINUTES[:LOW_SHARE][/ONSET_MIN], e.g. sa-east-1@10+15:0.65 or sa-east-1@10+40:0.8/12")
+        };
+        let (s_main, onset) = match s.split_once('/') {
+            Some((a, o)) => (a, o.parse::<f64>().map_err(|_| bad())?),
+            None => (s, 0.0),
+        };
+        let (region, rest) = s_main.split_once('@').ok_or_else(bad)?;
         let (start, rest) = rest.split_once('+').ok_or_else(bad)?;
         let (minutes, share) = match rest.split_once(':') {
             Some((m, sh)) => (m, sh.parse().map_err(|_| bad())?),
@@ -48,8 +76,9 @@ impl std::str::FromStr for Collapse {
             start_min: start.parse().map_err(|_| bad())?,
             minutes: minutes.parse().map_err(|_| bad())?,
             low_share: share,
+            onset_min: onset,
         };
-        if !(0.0..=1.0).contains(&c.low_share) || c.minutes <= 0.0 || region.is_empty() {
+        if !(0.0..=1.0).contains(&c.low_share) || c.minutes <= 0.0 || region.is_empty() || !(0.0..=c.minutes).contains(&c.onset_min) {
             return Err(bad());
         }
         Ok(c)
@@ -203,12 +232,7 @@ impl Simulator {
     fn collapse_share(&self, region: usize, at_us: f64) -> Option<f64> {
         let m = self.minutes_since_start(at_us);
         let name = &self.cfg.regions[region];
-        self.cfg
-            .collapses
-            .iter()
-            .filter(|c| &c.region == name && m >= c.start_min && m < c.start_min + c.minutes)
-            .map(|c| c.low_share)
-            .reduce(f64::max)
+        self.cfg.collapses.iter().filter(|c| &c.region == name).filter_map(|c| c.share_at(m)).reduce(f64::max)
     }
 
     /// Generates the next record.
@@ -440,6 +464,25 @@ mod tests {
             }
         }
         assert!(s.totals.duplicates.values().sum::<u64>() > 100);
+    }
+
+    #[test]
+    fn a_collapse_with_an_onset_spreads_along_a_logistic_curve() {
+        let c: Collapse = "sa-east-1@10+40:0.8/12".parse().unwrap();
+        assert_eq!((c.start_min, c.minutes, c.low_share, c.onset_min), (10.0, 40.0, 0.8, 12.0));
+        assert_eq!(c.share_at(9.9), None);
+        assert!((c.share_at(10.0).unwrap() / 0.8 - 0.01).abs() < 1e-3);
+        assert!((c.share_at(16.0).unwrap() - 0.4).abs() < 1e-9);
+        assert!((c.share_at(22.0).unwrap() / 0.8 - 0.99).abs() < 1e-3);
+        assert_eq!(c.share_at(50.0), None);
+        // Monotone during the onset.
+        let v: Vec<f64> = (0..=12).map(|m| c.share_at(10.0 + m as f64).unwrap()).collect();
+        assert!(v.windows(2).all(|w| w[0] < w[1]), "{v:?}");
+        // Without an onset the share is in force at once, as before.
+        let abrupt: Collapse = "sa-east-1@10+15:0.65".parse().unwrap();
+        assert_eq!(abrupt.share_at(10.0), Some(0.65));
+        assert!("sa-east-1@10+15:0.65/20".parse::<Collapse>().is_err(), "onset longer than the collapse");
+        assert!("sa-east-1@10+15:0.65/x".parse::<Collapse>().is_err());
     }
 
     #[test]

@@ -8,7 +8,13 @@ use crate::harness::*;
 
 /// `campo run` as a child process on a broker, a lake and a group.
 pub fn campo_run(brokers: &str, lake: &Path, group: &str, topics: (&str, &str, &str), extra: &[&str]) -> Child {
+    campo_run_with(brokers, lake, group, topics, extra, &[])
+}
+
+/// [`campo_run`] with extra environment variables (e.g. `CAMPO__PROTECT__TOPIC`).
+pub fn campo_run_with(brokers: &str, lake: &Path, group: &str, topics: (&str, &str, &str), extra: &[&str], env: &[(&str, &str)]) -> Child {
     Command::new(campo_bin())
+        .envs(env.iter().copied())
         .args(["run", "--brokers", brokers, "--group-id", group, "--lake", lake.to_str().unwrap(), "--flush-interval", "300ms"])
         .args(if extra.contains(&"--metrics-listen") { &[][..] } else { &["--metrics-listen", ""][..] })
         .env("CAMPO__KAFKA__READINGS_TOPIC", topics.0)

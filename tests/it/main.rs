@@ -6,5 +6,6 @@ mod e2e;
 mod harness;
 mod interop;
 mod mock;
+mod protect;
 mod slt;
 mod windows;

@@ -141,7 +141,7 @@ impl ClientContext for IngestContext {
             for (p, part) in &t.partitions {
                 if *p >= 0 && part.consumer_lag >= 0 {
                     total += part.consumer_lag;
-                    metrics::gauge!("campo_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string())
+                    metrics::gauge!("campo_consumer_lag_messages", "topic" => topic.clone(), "partition" => p.to_string())
                         .set(part.consumer_lag as f64);
                 }
             }

@@ -105,6 +105,13 @@ pub struct Stats {
     pub window_open_rows: AtomicUsize,
     /// The latest closed window of every region.
     pub signals: Mutex<BTreeMap<String, RegionSignal>>,
+    /// Every region's protective level and latest forecast.
+    pub protect: Mutex<BTreeMap<String, crate::protect::RegionProtect>>,
+    /// Recent level changes (the last 100), for live output.
+    pub protect_changes: Mutex<std::collections::VecDeque<crate::protect::LevelChange>>,
+    /// When the window close that raised each recent change happened (the last 10,000), for
+    /// the close-to-event latency benchmark.
+    pub protect_closed_at: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Close-to-visible seconds of recent window closes, and seconds spent in SQL.
     pub window_times: Mutex<WindowTimes>,
 }

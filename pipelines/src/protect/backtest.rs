@@ -145,6 +145,43 @@ pub fn run(
     report
 }
 
+impl Report {
+    /// The figures as JSON: per horizon each model's Brier score and campo's skill scores,
+    /// and every episode's lead per model.
+    pub fn to_json(&self) -> serde_json::Value {
+        let num = |x: f64| if x.is_finite() { serde_json::json!(x) } else { serde_json::Value::Null };
+        let horizons: Vec<serde_json::Value> = HORIZONS_MIN
+            .iter()
+            .map(|&h| {
+                let mut brier = serde_json::Map::new();
+                for m in Model::ALL {
+                    brier.insert(m.name().into(), num(self.brier(m, h)));
+                }
+                serde_json::json!({
+                    "horizon_min": h,
+                    "targets": self.scores.get(&(Model::ShareTrend, h)).map_or(0, |s| s.n),
+                    "positives": self.positives.get(&h).copied().unwrap_or(0),
+                    "brier": brier,
+                    "skill_vs_persistence": num(self.skill(Model::ShareTrend, Model::Persistence, h)),
+                    "skill_vs_damped_trend": num(self.skill(Model::ShareTrend, Model::DampedTrend, h)),
+                })
+            })
+            .collect();
+        let episodes: Vec<serde_json::Value> = self
+            .episodes
+            .iter()
+            .map(|e| {
+                let mut lead = serde_json::Map::new();
+                for (m, l) in &e.lead_min {
+                    lead.insert(m.name().into(), l.map_or(serde_json::Value::Null, |x| serde_json::json!(x)));
+                }
+                serde_json::json!({"region": e.region, "onset_us": e.onset_us, "lead_min": lead})
+            })
+            .collect();
+        serde_json::json!({"regions": self.regions, "windows": self.windows, "horizons": horizons, "episodes": episodes})
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "backtest: {} regions, {} windows", self.regions, self.windows)?;

@@ -8,6 +8,10 @@
 pub mod backtest;
 pub mod forecast;
 pub mod levels;
+pub mod outbox;
+pub mod stage;
 
 pub use forecast::{Forecast, Model, WindowPoint};
 pub use levels::{Level, LevelChange, RegionLevel, Rules, WindowSignals};
+pub use outbox::Outbox;
+pub use stage::{ClosedWindow, ProtectStage, RegionProtect};

@@ -19,6 +19,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::config::Config;
 use crate::ingest::{Shutdown, Stats, commit_retrying};
+use crate::protect::{ProtectStage, stage::closed_windows};
 
 use super::sql::{self, Source, StateQuery};
 
@@ -138,6 +139,8 @@ impl State {
 
 pub struct WindowStage {
     lake: Lake,
+    /// Forecasts and protective mode, run after every close (`protect.enabled`).
+    protect: Option<ProtectStage>,
     /// The generation whose state this is (None: none built yet, or the assignment is partial).
     generation: Option<u64>,
     warned_partial: bool,
@@ -159,6 +162,15 @@ pub struct WindowStage {
 impl WindowStage {
     /// Opens the derived tables and reads where they stand.
     pub async fn open(lake: &Lake, config: &Config, stats: Arc<Stats>, shutdown: Shutdown) -> Result<Self, LakeError> {
+        Self::open_with(lake, config, stats, shutdown, true).await
+    }
+
+    /// [`WindowStage::open`] without Kafka: level changes are written to `alerts` only.
+    pub async fn open_offline(lake: &Lake, config: &Config, stats: Arc<Stats>, shutdown: Shutdown) -> Result<Self, LakeError> {
+        Self::open_with(lake, config, stats, shutdown, false).await
+    }
+
+    async fn open_with(lake: &Lake, config: &Config, stats: Arc<Stats>, shutdown: Shutdown, kafka: bool) -> Result<Self, LakeError> {
         let pipeline = &config.ingest.pipeline;
         let tables = [
             Derived::open(lake, TableKind::RegionMetrics1m, pipeline).await?,
@@ -185,7 +197,13 @@ impl WindowStage {
                 .map_err(|source| LakeError::Query { table: format!("(window state {})", query.name), source })?;
             states.push(state);
         }
+        let protect = if config.protect.enabled {
+            Some(ProtectStage::open(lake, config, stats.clone(), shutdown.clone(), kafka).await?)
+        } else {
+            None
+        };
         let stage = Self {
+            protect,
             lake: lake.clone(),
             generation: None,
             warned_partial: false,
@@ -227,6 +245,11 @@ impl WindowStage {
         for t in &mut self.tables {
             t.writer.reload().await?;
             t.through = t.writer.txn_version(TXN_TOPIC, 0).await?;
+        }
+        if let Some(p) = self.protect.take() {
+            // Windows another instance closed meanwhile are processed from the lake.
+            let behind = self.reload_from().is_some_and(|t| p.through().is_none_or(|b| b < t));
+            self.protect = Some(if behind { p.reopen().await? } else { p });
         }
         for state in &mut self.states {
             state.clear();
@@ -429,6 +452,10 @@ impl WindowStage {
         metrics::histogram!("campo_window_sql_seconds").record(sql_secs);
         metrics::gauge!("campo_window_closed_through_seconds").set(through as f64 / 1e6);
         self.publish(&outputs);
+        if let Some(protect) = &mut self.protect {
+            let windows = closed_windows(std::slice::from_ref(&outputs[0]), std::slice::from_ref(&outputs[1]))?;
+            protect.process(&windows, through, advanced_at).await?;
+        }
         tracing::debug!(through = %fmt_us(through), rows = outputs[0].num_rows(), "windows closed");
         Ok(())
     }
@@ -459,6 +486,11 @@ impl WindowStage {
                 evu: evus.get(&(r.clone(), end.value(i))).copied().flatten(),
             };
             if signals.get(&r).is_none_or(|old| old.window_end_us <= s.window_end_us) {
+                metrics::gauge!("campo_region_mean_frequency_hertz", "region" => r.clone()).set(s.hz_mean);
+                metrics::gauge!("campo_region_low_share_ratio", "region" => r.clone()).set(s.low_share);
+                if let Some(e) = s.evu {
+                    metrics::gauge!("campo_region_evu_score", "region" => r.clone()).set(e);
+                }
                 signals.insert(r, s);
             }
         }
@@ -511,7 +543,15 @@ impl WindowStage {
     /// Runs until the writer closes the channel.
     pub async fn run(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<WindowInput>) -> Result<(), LakeError> {
         while let Some(input) = rx.recv().await {
-            self.input(input).await?;
+            if let Err(e) = self.input(input).await {
+                if let Some(p) = self.protect.take() {
+                    p.close().await;
+                }
+                return Err(e);
+            }
+        }
+        if let Some(p) = self.protect.take() {
+            p.close().await;
         }
         Ok(())
     }
