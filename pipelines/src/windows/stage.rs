@@ -139,8 +139,11 @@ impl State {
 
 pub struct WindowStage {
     lake: Lake,
-    /// Forecasts and protective mode, run after every close (`protect.enabled`).
+    /// Forecasts and protective mode, run after every close (`protect.enabled`); opened when
+    /// the stage starts running, so that consumption does not wait for its restore.
     protect: Option<ProtectStage>,
+    /// `protect.enabled`: whether it sends to Kafka too.
+    protect_kafka: Option<bool>,
     /// The generation whose state this is (None: none built yet, or the assignment is partial).
     generation: Option<u64>,
     warned_partial: bool,
@@ -197,13 +200,9 @@ impl WindowStage {
                 .map_err(|source| LakeError::Query { table: format!("(window state {})", query.name), source })?;
             states.push(state);
         }
-        let protect = if config.protect.enabled {
-            Some(ProtectStage::open(lake, config, stats.clone(), shutdown.clone(), kafka).await?)
-        } else {
-            None
-        };
         let stage = Self {
-            protect,
+            protect: None,
+            protect_kafka: config.protect.enabled.then_some(kafka),
             lake: lake.clone(),
             generation: None,
             warned_partial: false,
@@ -542,6 +541,9 @@ impl WindowStage {
 
     /// Runs until the writer closes the channel.
     pub async fn run(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<WindowInput>) -> Result<(), LakeError> {
+        if let Some(kafka) = self.protect_kafka {
+            self.protect = Some(ProtectStage::open(&self.lake, &self.config, self.stats.clone(), self.shutdown.clone(), kafka).await?);
+        }
         while let Some(input) = rx.recv().await {
             if let Err(e) = self.input(input).await {
                 if let Some(p) = self.protect.take() {
