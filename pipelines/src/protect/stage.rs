@@ -1,7 +1,7 @@
 //! The protect stage: runs after the window stage has committed `region_metrics_1m` and
 //! `evu_1m` for a close. Per region and closed window (in window order) it forecasts, runs the
-//! protective-mode state machine, commits `collapse_forecast` and then `alerts`, and only then
-//! sends the level changes to `system.protect` (the `alerts` table is the outbox).
+//! protective-mode state machine, commits `alerts` and hands the level changes to the outbox
+//! for `system.protect` (the `alerts` table is the outbox), then commits `collapse_forecast`.
 //!
 //! Both tables carry one txn action, app id `{pipeline}-protect-0`, version = end of the last
 //! window processed (µs), so a restart knows where each stands. Forecasts and levels are a
@@ -303,13 +303,6 @@ impl ProtectStage {
         }
         let fresh: Vec<ClosedWindow> = windows.iter().filter(|w| self.base().is_none_or(|b| w.point.window_end_us > b)).cloned().collect();
         let produced = self.evaluate(&fresh);
-        let f_rows = forecast_rows(&produced.forecasts, self.forecasts.through);
-        commit(&mut self.forecasts, f_rows, through, &self.stats, &self.shutdown).await?;
-        let a_rows = alert_rows(&produced.changes, self.alerts.through);
-        commit(&mut self.alerts, a_rows, through, &self.stats, &self.shutdown).await?;
-        if let Some(outbox) = &self.outbox {
-            outbox.send(produced.changes.iter().map(|c| c.0.clone()).collect());
-        }
         for (c, ..) in &produced.changes {
             tracing::info!(region = c.region, level = c.level.name(), previous = c.previous.name(), reason = c.reason, "protective mode");
             let mut recent = self.stats.protect_changes.lock().expect("protect changes");
@@ -325,6 +318,15 @@ impl ProtectStage {
                 m.insert(c.event_id.clone(), at);
             }
         }
+        // The alerts first: a change is sent as soon as its outbox row is committed; the
+        // forecasts' commit is not on that path (each table resumes from its own txn version).
+        let a_rows = alert_rows(&produced.changes, self.alerts.through);
+        commit(&mut self.alerts, a_rows, through, &self.stats, &self.shutdown).await?;
+        if let Some(outbox) = &self.outbox {
+            outbox.send(produced.changes.iter().map(|c| c.0.clone()).collect());
+        }
+        let f_rows = forecast_rows(&produced.forecasts, self.forecasts.through);
+        commit(&mut self.forecasts, f_rows, through, &self.stats, &self.shutdown).await?;
         Ok(produced)
     }
 
