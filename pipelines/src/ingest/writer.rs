@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use campo_lake::{CommitOutcome, TableCommit, TableKind, TableWriter};
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::contract::Reason;
@@ -106,21 +105,8 @@ fn producer_flush(producer: &FutureProducer) {
 }
 
 fn dlq_producer(shared: &Shared) -> Result<FutureProducer, IngestError> {
-    let k = &shared.config.kafka;
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .set("client.id", "campo-dlq");
-    for (key, v) in &k.properties {
-        // Consumer-only properties would make the producer refuse to start.
-        if !key.starts_with("group.") && !key.starts_with("session.") && !key.starts_with("auto.offset")
-            && !key.starts_with("partition.assignment") && !key.starts_with("max.poll")
-        {
-            c.set(key, v);
-        }
-    }
+    let mut c = crate::protect::outbox::client_config(&shared.config, "campo-dlq");
+    c.set("enable.idempotence", "true").set("linger.ms", "5").set("message.timeout.ms", "30000");
     Ok(c.create()?)
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use campo_lake::arrow::array::{Array, ArrayRef, AsArray, Date32Array, Float64Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use campo_lake::arrow::compute::{cast, concat_batches};
+use campo_lake::arrow::compute::cast;
 use campo_lake::arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType};
 use campo_lake::{CommitOutcome, Lake, LakeError, OffsetTxn, TableCommit, TableKind, TableWriter};
 
@@ -36,6 +36,20 @@ pub struct ClosedWindow {
     pub point: WindowPoint,
     pub error_rate: Option<f64>,
     pub latency_p95_ms: Option<f64>,
+}
+
+impl ClosedWindow {
+    /// What the state machine reads of this window, with the forecast's `p_collapse` at 10 min.
+    fn signals(&self, p_collapse_10: Option<f64>) -> WindowSignals {
+        WindowSignals {
+            window_end_us: self.point.window_end_us,
+            hz_mean: self.point.hz_mean,
+            low_share: self.point.low_share,
+            error_rate: self.error_rate,
+            latency_p95_ms: self.latency_p95_ms,
+            p_collapse_10,
+        }
+    }
 }
 
 /// A region's protective state for live output.
@@ -234,45 +248,31 @@ impl ProtectStage {
         Ok(())
     }
 
-    fn remember(&mut self, w: &ClosedWindow) {
+    /// Appends a window to its region's history (the last [`MAX_HISTORY`]) and returns it.
+    fn push_history(&mut self, w: &ClosedWindow) -> Vec<WindowPoint> {
         let h = self.history.entry(w.region.clone()).or_default();
         h.push_back(w.point);
         while h.len() > MAX_HISTORY {
             h.pop_front();
         }
-        let signals = WindowSignals {
-            window_end_us: w.point.window_end_us,
-            hz_mean: w.point.hz_mean,
-            low_share: w.point.low_share,
-            error_rate: w.error_rate,
-            latency_p95_ms: w.latency_p95_ms,
-            p_collapse_10: None,
-        };
-        self.levels.entry(w.region.clone()).or_insert_with(|| RegionLevel::new(&w.region, Level::Off)).remember(signals, &self.rules);
+        h.iter().copied().collect()
+    }
+
+    fn remember(&mut self, w: &ClosedWindow) {
+        self.push_history(w);
+        let level = self.levels.entry(w.region.clone()).or_insert_with(|| RegionLevel::new(&w.region, Level::Off));
+        level.remember(w.signals(None), &self.rules);
     }
 
     /// Forecasts and evaluates windows in order (pure: no I/O).
     fn evaluate(&mut self, windows: &[ClosedWindow]) -> Produced {
         let mut out = Produced::default();
         for w in windows {
-            let h = self.history.entry(w.region.clone()).or_default();
-            h.push_back(w.point);
-            while h.len() > MAX_HISTORY {
-                h.pop_front();
-            }
-            let points: Vec<WindowPoint> = h.iter().copied().collect();
+            let points = self.push_history(w);
             let forecasts = MODEL.forecast(&points, self.step_min, self.rules.low_hz).unwrap_or_default();
             let p10 = forecasts.iter().find(|f| f.horizon_min == 10).map(|f| f.p_collapse);
-            let signals = WindowSignals {
-                window_end_us: w.point.window_end_us,
-                hz_mean: w.point.hz_mean,
-                low_share: w.point.low_share,
-                error_rate: w.error_rate,
-                latency_p95_ms: w.latency_p95_ms,
-                p_collapse_10: p10,
-            };
             let level = self.levels.entry(w.region.clone()).or_insert_with(|| RegionLevel::new(&w.region, Level::Off));
-            if let Some(change) = level.observe(signals, &self.rules) {
+            if let Some(change) = level.observe(w.signals(p10), &self.rules) {
                 out.changes.push((change, w.point.hz_mean, w.point.low_share, p10));
             }
             let f10 = forecasts.iter().find(|f| f.horizon_min == 10);
@@ -328,11 +328,6 @@ impl ProtectStage {
         let f_rows = forecast_rows(&produced.forecasts, self.forecasts.through);
         commit(&mut self.forecasts, f_rows, through, &self.stats, &self.shutdown).await?;
         Ok(produced)
-    }
-
-    /// Changes not yet acknowledged by the broker.
-    pub fn unsent(&self) -> usize {
-        self.outbox.as_ref().map_or(0, Outbox::pending)
     }
 
     /// Stops, giving the outbox a few seconds to send what is queued.
@@ -440,12 +435,4 @@ pub async fn read_changes(lake: &Lake, since: Option<i64>) -> Result<Vec<LevelCh
         }
     }
     Ok(out)
-}
-
-/// Concatenates batches of one schema (none: an empty batch of `kind`'s schema).
-pub fn concat(kind: TableKind, batches: &[RecordBatch]) -> RecordBatch {
-    if batches.is_empty() {
-        return RecordBatch::new_empty(kind.schema());
-    }
-    concat_batches(&batches[0].schema(), batches).expect("same schema")
 }
