@@ -6,6 +6,11 @@
 //! (the version its rows continue from); if they differ, someone else moved those offsets and the
 //! commit is refused. Commits use no automatic retries, so a commit never lands on top of a
 //! version the check did not see: on any failure the writer reloads the table and checks again.
+//!
+//! Log maintenance is off the commit path: delta-rs would, in every commit, list the whole
+//! `_delta_log` to clean up expired entries and, every `checkpointInterval` commits, write the
+//! checkpoint before returning. The writer turns both off in the commit and runs them in a
+//! background task instead (one at a time per table), every `checkpointInterval` commits.
 
 use std::collections::HashMap;
 
@@ -88,6 +93,8 @@ pub struct TableWriter {
     txns: HashMap<String, Option<i64>>,
     /// Files already written for the commit in progress, kept across retries.
     staged: Option<Vec<Add>>,
+    /// The background checkpoint and log clean-up, if one is running.
+    maintenance: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TableWriter {
@@ -99,7 +106,35 @@ impl TableWriter {
             table,
             txns: HashMap::new(),
             staged: None,
+            maintenance: None,
         })
+    }
+
+    /// Waits for the background checkpoint, if one is running.
+    pub async fn maintenance_done(&mut self) {
+        if let Some(h) = self.maintenance.take() {
+            let _ = h.await;
+        }
+    }
+
+    /// Every `checkpointInterval` versions, checkpoints the log and removes expired log entries
+    /// in the background (skipped while the previous run is still going: the next one covers it).
+    fn maintain(&mut self, version: u64) {
+        let Ok(snapshot) = self.table.snapshot() else { return };
+        let interval = snapshot.table_config().checkpoint_interval.map_or(100, |n| n.get());
+        if !(version + 1).is_multiple_of(interval) || self.maintenance.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let (table, name) = (self.table.clone(), self.name);
+        self.maintenance = Some(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            if let Err(e) = deltalake::checkpoints::create_checkpoint(&table, None).await {
+                tracing::warn!(table = name, version, error = %e, "checkpoint failed; the next one will retry");
+                return;
+            }
+            let cleaned = deltalake::checkpoints::cleanup_metadata(&table, None).await;
+            tracing::debug!(table = name, version, cleaned = ?cleaned.ok(), elapsed_ms = started.elapsed().as_millis() as u64, "log checkpointed");
+        }));
     }
 
     pub fn name(&self) -> &'static str {
@@ -203,7 +238,9 @@ impl TableWriter {
             .collect();
         let props = CommitProperties::default()
             .with_max_retries(0)
-            .with_application_transactions(txns);
+            .with_application_transactions(txns)
+            .with_create_checkpoint(false)
+            .with_cleanup_expired_logs(Some(false));
         let snapshot = self.table.snapshot()?;
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
@@ -217,6 +254,7 @@ impl TableWriter {
         let version = finalized.version();
         self.table.state = Some(finalized.snapshot());
         self.staged = None;
+        self.maintain(version as u64);
         for t in &commit.txns {
             self.txns.insert(app_id(&self.pipeline, &t.topic, t.partition), Some(t.last));
         }
@@ -320,6 +358,8 @@ mod tests {
             assert!(matches!(w.commit(&c).await.unwrap(), CommitOutcome::Committed { .. }));
             expected = Some(last);
         }
+        // In the background: commits do not wait for it.
+        w.maintenance_done().await;
         let log = dir.path().join("rejected/_delta_log");
         assert!(log.join("_last_checkpoint").exists(), "no checkpoint after 55 commits");
         let mut fresh = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
