@@ -37,6 +37,9 @@ pub struct BacktestArgs {
     pub collapses: Vec<Collapse>,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Also print, for this region, every window's signals and campo's forecast at 10 minutes.
+    #[arg(long, value_name = "REGION")]
+    pub trace: Option<String>,
     /// Print the figures as JSON on stdout (the tables go to stderr).
     #[arg(long)]
     pub json: bool,
@@ -90,9 +93,14 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} has no closed windows in region_metrics_1m to backtest", lake.root());
     }
     let step_min = config.windows.size.as_secs_f64() / 60.0;
+    if let Some(region) = &args.trace {
+        let points = series.get(region).with_context(|| format!("no region {region} in region_metrics_1m"))?;
+        trace(points, step_min, config.signals.low_hz);
+    }
     let total: usize = series.values().map(Vec::len).sum();
     eprintln!("backtest: {} regions, {total} windows", series.len());
-    let report = backtest::run(&series, step_min, config.signals.low_hz, config.protect.soft_p_collapse, &mut |done, all| {
+    let rules = campo_pipelines::protect::levels::Rules::new(&config);
+    let report = backtest::run(&series, step_min, &rules, &mut |done, all| {
         eprint!("\r  forecasting window {done} / {all}");
         let _ = std::io::stderr().flush();
     });
@@ -106,21 +114,44 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line per window: its signals and campo's 10- and 30-minute forecasts.
+fn trace(points: &[WindowPoint], step_min: f64, low_hz: f64) {
+    println!("{:<20} {:>7} {:>6} {:>6} {:>8} {:>6} {:>18} {:>6}", "window_end", "hz", "low", "sens_e", "hz@10", "p@10", "80% band @10", "p@30");
+    for i in 0..points.len() {
+        let p = &points[i];
+        let at = chrono::DateTime::from_timestamp_micros(p.window_end_us).map(|d| d.format("%Y-%m-%dT%H:%M").to_string()).unwrap_or_default();
+        let sens = p.sensorial_entropy.map_or("-".into(), |e| format!("{e:.3}"));
+        match campo_pipelines::protect::forecast::Model::ShareTrend.forecast(&points[..=i], step_min, low_hz) {
+            Some(f) => println!(
+                "{at:<20} {:>7.1} {:>6.3} {sens:>6} {:>8.1} {:>6.3} {:>18} {:>6.3}",
+                p.hz_mean,
+                p.low_share,
+                f[1].hz,
+                f[1].p_collapse,
+                format!("[{:.1}, {:.1}]", f[1].lo80, f[1].hi80),
+                f[3].p_collapse
+            ),
+            None => println!("{at:<20} {:>7.1} {:>6.3} {sens:>6}", p.hz_mean, p.low_share),
+        }
+    }
+}
+
 /// Every region's closed windows, oldest first.
 async fn read_series(lake: &campo_lake::Lake) -> anyhow::Result<BTreeMap<String, Vec<WindowPoint>>> {
-    use campo_lake::arrow::array::AsArray;
+    use campo_lake::arrow::array::{Array, AsArray};
     use campo_lake::arrow::datatypes::{DataType, Float64Type, Int64Type};
-    let sql = "SELECT CAST(region AS VARCHAR), CAST(window_end AS BIGINT), hz_mean, low_share, users \
+    let sql = "SELECT CAST(region AS VARCHAR), CAST(window_end AS BIGINT), hz_mean, low_share, users, sensorial_entropy \
                FROM region_metrics_1m ORDER BY 1, 2";
     let mut out: BTreeMap<String, Vec<WindowPoint>> = BTreeMap::new();
     for b in lake.query(sql).await? {
         let region = campo_lake::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
         let region = region.as_string::<i32>();
-        let (end, hz, low, users) = (
+        let (end, hz, low, users, sensorial) = (
             b.column(1).as_primitive::<Int64Type>(),
             b.column(2).as_primitive::<Float64Type>(),
             b.column(3).as_primitive::<Float64Type>(),
             b.column(4).as_primitive::<Int64Type>(),
+            b.column(5).as_primitive::<Float64Type>(),
         );
         for i in 0..b.num_rows() {
             out.entry(region.value(i).to_string()).or_default().push(WindowPoint {
@@ -128,6 +159,7 @@ async fn read_series(lake: &campo_lake::Lake) -> anyhow::Result<BTreeMap<String,
                 hz_mean: hz.value(i),
                 low_share: low.value(i),
                 users: users.value(i),
+                sensorial_entropy: sensorial.is_valid(i).then(|| sensorial.value(i)),
             });
         }
     }

@@ -174,14 +174,37 @@ where
 
 /// `campo simulate --json` as a child process sending one record per producer batch: tansu
 /// skips the rest of a batch when a consumer resumes inside it (shared/TANSU.md).
-pub fn one_record_batches_producer(brokers: &str, topics: (&str, &str), extra: &[&str]) -> std::process::Child {
-    Command::new(campo_bin())
+/// A `campo simulate` producer running in the background; its log goes to a file, shown if it
+/// fails.
+pub struct Producer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Producer {
+    /// Waits for it and returns its output (the JSON totals on stdout); panics with its log if
+    /// it failed.
+    pub fn finish(self) -> std::process::Output {
+        let out = self.child.wait_with_output().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.log);
+        let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        assert!(out.status.success(), "campo simulate failed ({}):\n{tail}", out.status);
+        out
+    }
+}
+
+pub fn one_record_batches_producer(brokers: &str, topics: (&str, &str), extra: &[&str]) -> Producer {
+    let log = std::env::temp_dir().join(format!("{}.log", unique("campo-simulate")));
+    let child = Command::new(campo_bin())
         .args(["simulate", "--brokers", brokers, "--partitions", "0", "--json"])
         .args(["--readings-topic", topics.0, "--activity-topic", topics.1])
         .args(["-X", "batch.num.messages=1", "-X", "linger.ms=0"])
         .args(extra)
+        .env("CAMPO_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("producer log"))
         .spawn()
-        .expect("start campo simulate")
+        .expect("start campo simulate");
+    Producer { child, log }
 }

@@ -102,8 +102,7 @@ async fn a_spreading_collapse_goes_soft_medium_hard_off_and_a_kill_9_emits_no_ev
     broker.create_topic(&protect_topic, 2);
     tokio::time::sleep(Duration::from_millis(6500)).await;
     let second = run();
-    let out = producer.wait_with_output().unwrap();
-    assert!(out.status.success(), "producer failed");
+    let out = producer.finish();
     // Every window up to the last full minute before the end (minute 74) closes.
     let end_us = chrono::DateTime::parse_from_rfc3339("2026-11-20T11:14:00Z").unwrap().timestamp_micros();
     wait_until(Duration::from_secs(240), "every window closed and processed", || {
@@ -177,16 +176,24 @@ fn the_backtest_beats_persistence_and_the_damped_trend_on_a_seeded_scenario() {
     eprintln!("{stderr}\n(backtest took {:?})", started.elapsed());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for h in report["horizons"].as_array().unwrap() {
-        let skill = h["skill_vs_persistence"].as_f64().unwrap();
-        assert!(skill > 0.0, "no skill over persistence at {}: {h}", h["horizon_min"]);
+        for reference in ["skill_vs_persistence", "skill_vs_damped_trend"] {
+            let skill = h[reference].as_f64().unwrap();
+            assert!(skill > 0.0, "{reference} not positive at {}: {h}", h["horizon_min"]);
+        }
         assert!(h["positives"].as_u64().unwrap() > 0, "no collapse in the targets: {h}");
     }
+    // The goal: skill >= 0.3 at 10 minutes.
     let at10 = &report["horizons"][1];
     assert_eq!(at10["horizon_min"], 10);
-    assert!(at10["skill_vs_damped_trend"].as_f64().unwrap() > 0.0, "no better than the damped trend at 10 min: {at10}");
-    // The four planted collapses are all seen as episodes (lead times are printed above, and
-    // reported against the goal of 5 minutes ahead in the closing notes).
-    assert_eq!(report["episodes"].as_array().unwrap().len(), 4, "{report}");
+    assert!(at10["skill_vs_persistence"].as_f64().unwrap() >= 0.3, "{at10}");
+    // The four planted collapses are all seen as episodes, every one flagged ahead, and all but
+    // the fastest (a 6-minute spread: the share first moves 5 minutes before the mean crosses)
+    // at least 5 minutes ahead, the goal.
+    let episodes = report["episodes"].as_array().unwrap();
+    assert_eq!(episodes.len(), 4, "{report}");
+    let leads: Vec<f64> = episodes.iter().map(|e| e["lead_min"]["share_logit_trend"].as_f64().unwrap_or(0.0)).collect();
+    assert!(leads.iter().all(|&l| l >= 3.0), "{leads:?}");
+    assert!(leads.iter().filter(|&&l| l >= 5.0).count() >= 3, "{leads:?}");
     // The calm region raised nothing in the scenario's own alerts table.
     let lake = lake(&dir.path().join("lake"));
     let rt = tokio::runtime::Runtime::new().unwrap();

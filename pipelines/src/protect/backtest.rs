@@ -6,12 +6,16 @@
 //! (calibration) of campo's model, and, for every collapse episode (the first window with
 //! `hz_mean` under the threshold after at least [`CALM_BEFORE`] windows above it), how many
 //! minutes before it each model raised the forecast flag of SPEC 6 (`p_collapse` at 10 minutes
-//! at or above `protect.soft_p_collapse`) and kept it up until the collapse.
+//! at or above `protect.soft_p_collapse`) and held it until the collapse, as SPEC 6's
+//! hysteresis holds a `soft` alert: a raised flag is cleared only by the `off` condition (the
+//! flag down, `hz_mean` at or above `recover_hz` and `low_share` under `soft_low_share` in each
+//! of the last `off_windows` windows).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use super::forecast::{HORIZONS_MIN, Model, WindowPoint};
+use super::levels::Rules;
 
 /// Windows above the threshold before a collapse counts as a new episode.
 pub const CALM_BEFORE: usize = 5;
@@ -77,10 +81,10 @@ pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 pub fn run(
     series: &BTreeMap<String, Vec<WindowPoint>>,
     step_min: f64,
-    low_hz: f64,
-    flag_p: f64,
+    rules: &Rules,
     progress: Progress<'_>,
 ) -> Report {
+    let (low_hz, flag_p) = (rules.low_hz, rules.soft_p_collapse);
     let total: usize = series.values().map(Vec::len).sum();
     let mut report = Report { regions: series.len(), windows: total, ..Report::default() };
     for h in HORIZONS_MIN {
@@ -129,12 +133,8 @@ pub fn run(
             let lead_min = flags
                 .iter()
                 .map(|(m, up)| {
-                    // Walk back from the window before the onset while the flag is up.
-                    let mut k = i;
-                    while k > 0 && up[k - 1] {
-                        k -= 1;
-                    }
-                    let lead = (k < i).then(|| (points[i].window_end_us - points[k].window_end_us) as f64 / step_us as f64 * step_min);
+                    let lead = held_since(points, up, rules, i)
+                        .map(|k| (points[i].window_end_us - points[k].window_end_us) as f64 / step_us as f64 * step_min);
                     (*m, lead)
                 })
                 .collect();
@@ -143,6 +143,23 @@ pub fn run(
     }
     progress(total, total);
     report
+}
+
+/// The window whose flag is still held (SPEC 6's hysteresis) in the window before `onset`.
+fn held_since(points: &[WindowPoint], up: &[bool], rules: &Rules, onset: usize) -> Option<usize> {
+    let mut raised = None;
+    for j in 0..onset {
+        if up[j] && raised.is_none() {
+            raised = Some(j);
+        }
+        let n = rules.off_windows.max(1);
+        let off = j + 1 >= n
+            && (j + 1 - n..=j).all(|k| !up[k] && points[k].hz_mean >= rules.recover_hz && points[k].low_share < rules.soft_low_share);
+        if off {
+            raised = None;
+        }
+    }
+    raised
 }
 
 impl Report {
@@ -262,11 +279,12 @@ mod tests {
                 hz_mean: 560.0 - 200.0 * share(i) + noise(i),
                 low_share: share(i),
                 users: 500,
+                sensorial_entropy: Some(if (90..135).contains(&i) { 0.6 } else { 0.32 }),
             })
             .collect();
         let series = BTreeMap::from([("sa-east-1".to_string(), points)]);
         let mut calls = 0;
-        let r = run(&series, 1.0, 420.0, 0.8, &mut |_, _| calls += 1);
+        let r = run(&series, 1.0, &Rules::default(), &mut |_, _| calls += 1);
         assert!(calls >= 1);
         assert_eq!(r.episodes.len(), 1, "{r}");
         let lead = r.episodes[0].lead_min[&Model::ShareTrend];

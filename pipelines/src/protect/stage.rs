@@ -100,13 +100,21 @@ pub fn closed_windows(rm: &[RecordBatch], evu: &[RecordBatch]) -> Result<Vec<Clo
         let hz = cast(column(b, "hz_mean")?, &DataType::Float64).expect("float");
         let low = cast(column(b, "low_share")?, &DataType::Float64).expect("float");
         let users = cast(column(b, "users")?, &DataType::Int64).expect("int");
+        let sensorial = cast(column(b, "sensorial_entropy")?, &DataType::Float64).expect("float");
         let (hz, low, users) = (hz.as_primitive::<Float64Type>(), low.as_primitive::<Float64Type>(), users.as_primitive::<Int64Type>());
+        let sensorial = sensorial.as_primitive::<Float64Type>();
         for i in 0..b.num_rows() {
             let key = (region.value(i).to_string(), end.value(i));
             let (error_rate, latency_p95_ms) = failures.get(&key).copied().unwrap_or((None, None));
             out.push(ClosedWindow {
                 region: key.0,
-                point: WindowPoint { window_end_us: key.1, hz_mean: hz.value(i), low_share: low.value(i), users: users.value(i) },
+                point: WindowPoint {
+                    window_end_us: key.1,
+                    hz_mean: hz.value(i),
+                    low_share: low.value(i),
+                    users: users.value(i),
+                    sensorial_entropy: sensorial.is_valid(i).then(|| sensorial.value(i)),
+                },
                 error_rate,
                 latency_p95_ms,
             });
@@ -134,6 +142,10 @@ pub struct ProtectStage {
     outbox: Option<Outbox>,
     stats: Arc<Stats>,
     shutdown: Shutdown,
+    /// What [`ProtectStage::alert`] evaluated up to a window end and
+    /// [`ProtectStage::commit_forecasts`] has not committed yet: a retry of the same close does
+    /// not evaluate those windows twice.
+    pending: Option<(i64, Produced)>,
 }
 
 /// What one batch of closed windows produced.
@@ -166,6 +178,7 @@ impl ProtectStage {
             outbox: None,
             stats,
             shutdown,
+            pending: None,
         };
         stage.restore(kafka).await?;
         Ok(stage)
@@ -298,11 +311,65 @@ impl ProtectStage {
     /// Processes closed windows (every window ending at or before `through`), commits both
     /// tables and sends the level changes.
     pub async fn process(&mut self, windows: &[ClosedWindow], through: i64, closed_at: Option<Instant>) -> Result<Produced, LakeError> {
-        if self.base().is_some_and(|b| b >= through) {
-            return Ok(Produced::default());
+        self.alert(windows, through, closed_at).await?;
+        self.commit_forecasts(through).await
+    }
+
+    /// The first half of [`Self::process`], the one on the alert's path: forecasts and
+    /// evaluates the windows, commits `alerts` and hands the changes to the outbox. The window
+    /// stage runs it beside its own commits; [`Self::commit_forecasts`] follows once those are
+    /// committed (the stage resumes from the older of its two tables, so after a crash in
+    /// between these windows are processed again from the derived tables, and the outbox never
+    /// sends a change twice).
+    pub async fn alert(&mut self, windows: &[ClosedWindow], through: i64, closed_at: Option<Instant>) -> Result<(), LakeError> {
+        if self.base().is_some_and(|b| b >= through) || self.pending.as_ref().is_some_and(|(t, _)| *t >= through) && self.alerts.through.is_some_and(|t| t >= through) {
+            return Ok(());
         }
-        let fresh: Vec<ClosedWindow> = windows.iter().filter(|w| self.base().is_none_or(|b| w.point.window_end_us > b)).cloned().collect();
-        let produced = self.evaluate(&fresh);
+        if self.pending.as_ref().is_none_or(|(t, _)| *t < through) {
+            let fresh: Vec<ClosedWindow> = windows
+                .iter()
+                .filter(|w| self.pending.as_ref().map(|(t, _)| *t).or(self.base()).is_none_or(|b| w.point.window_end_us > b))
+                .cloned()
+                .collect();
+            let mut produced = self.evaluate(&fresh);
+            self.note_changes(&produced, closed_at);
+            if let Some((_, earlier)) = self.pending.take() {
+                let mut all = earlier;
+                all.forecasts.append(&mut produced.forecasts);
+                all.changes.append(&mut produced.changes);
+                produced = all;
+            }
+            self.pending = Some((through, produced));
+        }
+        // A change is sent as soon as its outbox row is committed.
+        let produced = &self.pending.as_ref().expect("just set").1;
+        let a_rows = alert_rows(&produced.changes, self.alerts.through);
+        let changes: Vec<LevelChange> = produced
+            .changes
+            .iter()
+            .filter(|c| self.alerts.through.is_none_or(|t| c.0.window_end_us > t))
+            .map(|c| c.0.clone())
+            .collect();
+        commit(&mut self.alerts, a_rows, through, &self.stats, &self.shutdown).await?;
+        if let Some(outbox) = &self.outbox {
+            outbox.send(changes);
+        }
+        Ok(())
+    }
+
+    /// The second half of [`Self::process`]: commits the forecasts of what [`Self::alert`]
+    /// evaluated, and returns it.
+    pub async fn commit_forecasts(&mut self, through: i64) -> Result<Produced, LakeError> {
+        let Some((t, produced)) = self.pending.take_if(|(t, _)| *t <= through) else { return Ok(Produced::default()) };
+        let f_rows = forecast_rows(&produced.forecasts, self.forecasts.through);
+        if let Err(e) = commit(&mut self.forecasts, f_rows, t, &self.stats, &self.shutdown).await {
+            self.pending = Some((t, produced));
+            return Err(e);
+        }
+        Ok(produced)
+    }
+
+    fn note_changes(&self, produced: &Produced, closed_at: Option<Instant>) {
         for (c, ..) in &produced.changes {
             tracing::info!(region = c.region, level = c.level.name(), previous = c.previous.name(), reason = c.reason, "protective mode");
             let mut recent = self.stats.protect_changes.lock().expect("protect changes");
@@ -318,16 +385,6 @@ impl ProtectStage {
                 m.insert(c.event_id.clone(), at);
             }
         }
-        // The alerts first: a change is sent as soon as its outbox row is committed; the
-        // forecasts' commit is not on that path (each table resumes from its own txn version).
-        let a_rows = alert_rows(&produced.changes, self.alerts.through);
-        commit(&mut self.alerts, a_rows, through, &self.stats, &self.shutdown).await?;
-        if let Some(outbox) = &self.outbox {
-            outbox.send(produced.changes.iter().map(|c| c.0.clone()).collect());
-        }
-        let f_rows = forecast_rows(&produced.forecasts, self.forecasts.through);
-        commit(&mut self.forecasts, f_rows, through, &self.stats, &self.shutdown).await?;
-        Ok(produced)
     }
 
     /// Stops, giving the outbox a few seconds to send what is queued.

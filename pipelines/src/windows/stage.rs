@@ -435,14 +435,28 @@ impl WindowStage {
         let sql_started = Instant::now();
         let outputs = self.compute(through).await.map_err(|source| LakeError::Query { table: "(signal pipelines)".into(), source })?;
         let sql_secs = sql_started.elapsed().as_secs_f64();
-        // The two tables are independent: commit them side by side.
+        // The two tables are independent: commit them side by side, and beside them the
+        // protect stage's alerts (the path to a `system.protect` event); its forecasts follow.
+        let windows = match self.protect {
+            Some(_) => closed_windows(std::slice::from_ref(&outputs[0]), std::slice::from_ref(&outputs[1]))?,
+            None => Vec::new(),
+        };
         let [a, b] = &mut self.tables;
-        let (ra, rb) = tokio::join!(
+        let protect = &mut self.protect;
+        let alerts = async {
+            match protect {
+                Some(p) => p.alert(&windows, through, advanced_at).await,
+                None => Ok(()),
+            }
+        };
+        let (ra, rb, rp) = tokio::join!(
             commit_derived(a, &outputs[0], through, &self.stats, &self.shutdown),
-            commit_derived(b, &outputs[1], through, &self.stats, &self.shutdown)
+            commit_derived(b, &outputs[1], through, &self.stats, &self.shutdown),
+            alerts
         );
         ra?;
         rb?;
+        rp?;
         let visible = advanced_at.map(|a| a.elapsed().as_secs_f64());
         self.stats.record_window_close(through, visible, sql_secs);
         if let Some(v) = visible {
@@ -452,8 +466,7 @@ impl WindowStage {
         metrics::gauge!("campo_window_closed_through_seconds").set(through as f64 / 1e6);
         self.publish(&outputs);
         if let Some(protect) = &mut self.protect {
-            let windows = closed_windows(std::slice::from_ref(&outputs[0]), std::slice::from_ref(&outputs[1]))?;
-            protect.process(&windows, through, advanced_at).await?;
+            protect.commit_forecasts(through).await?;
         }
         tracing::debug!(through = %fmt_us(through), rows = outputs[0].num_rows(), "windows closed");
         Ok(())
