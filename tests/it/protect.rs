@@ -102,7 +102,7 @@ async fn a_spreading_collapse_goes_soft_medium_hard_off_and_a_kill_9_emits_no_ev
     broker.create_topic(&protect_topic, 2);
     tokio::time::sleep(Duration::from_millis(6500)).await;
     let second = run();
-    let out = producer.finish();
+    producer.finish();
     // Every window up to the last full minute before the end (minute 74) closes.
     let end_us = chrono::DateTime::parse_from_rfc3339("2026-11-20T11:14:00Z").unwrap().timestamp_micros();
     wait_until(Duration::from_secs(240), "every window closed and processed", || {
