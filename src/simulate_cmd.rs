@@ -147,7 +147,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
                     ensure_topics(&args.brokers, &topics, args.partitions)?;
                 }
                 let totals = drive(sim, &args, &shutdown, |r| send(&producer, r))?;
-                producer.flush(Duration::from_secs(60)).context("flushing the producer")?;
+                flush_while_draining(&producer)?;
                 check_delivered(&producer)?;
                 Ok(totals)
             }
@@ -186,6 +186,26 @@ impl ProducerContext for Deliveries {
 }
 
 /// Fails when any record was not delivered.
+/// Waits for every queued record to be delivered, as long as the queue keeps draining: a slow
+/// broker is waited for (with progress), one that accepts nothing for a minute is an error.
+pub fn flush_while_draining(p: &Producer_) -> anyhow::Result<()> {
+    let (mut last, mut since) = (p.in_flight_count(), Instant::now());
+    loop {
+        match p.flush(Duration::from_secs(5)) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let now = p.in_flight_count();
+                if now < last {
+                    tracing::info!(in_flight = now, "flushing the producer: still delivering");
+                    (last, since) = (now, Instant::now());
+                } else if since.elapsed() >= Duration::from_secs(60) {
+                    return Err(e).context(format!("flushing the producer: {now} records undelivered, none delivered for 60 s"));
+                }
+            }
+        }
+    }
+}
+
 pub fn check_delivered(p: &Producer_) -> anyhow::Result<()> {
     let d = p.context();
     let failed = d.failed.load(std::sync::atomic::Ordering::Relaxed);

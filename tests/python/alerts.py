@@ -5,7 +5,7 @@ collapse_forecast, and prints them as JSON: [[region, window_end_us, level], ...
 Usage: alerts.py LAKE_DIR
 Defaults of SPEC 6: soft low_share >= 0.5 or p10 >= 0.8; medium hz < 420 x10 or low_share >= 0.65
 x3; hard hz < 420 x30 or error_rate > 0.05 x3 or latency_p95_ms > 1000 x3; off: nothing holds and
-hz >= 440 and low_share < 0.5 x5.
+hz >= 440 and low_share < 0.5 in each of the 5 windows after the last change.
 """
 import json
 import os
@@ -30,6 +30,7 @@ changes = []
 for (region,), g in df.group_by(["region"], maintain_order=True):
     rows = g.to_dicts()
     level = "off"
+    changed = -1
     for i, w in enumerate(rows):
         last = lambda n: rows[i - n + 1 : i + 1] if i + 1 >= n else None
 
@@ -49,10 +50,11 @@ for (region,), g in df.group_by(["region"], maintain_order=True):
             target = "off"
         if ORDER[target] > ORDER[level]:
             level = target
-        elif level != "off" and target == "off" and each(5, lambda x: x["hz_mean"] >= 440 and x["low_share"] < 0.5):
+        elif level != "off" and target == "off" and i - changed >= 5 and each(5, lambda x: x["hz_mean"] >= 440 and x["low_share"] < 0.5):
             level = "off"
         else:
             continue
+        changed = i
         us = int(w["window_end"].timestamp() * 1_000_000)
         changes.append([region, us, level])
 

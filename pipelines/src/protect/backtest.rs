@@ -9,7 +9,7 @@
 //! at or above `protect.soft_p_collapse`) and held it until the collapse, as SPEC 6's
 //! hysteresis holds a `soft` alert: a raised flag is cleared only by the `off` condition (the
 //! flag down, `hz_mean` at or above `recover_hz` and `low_share` under `soft_low_share` in each
-//! of the last `off_windows` windows).
+//! of the `off_windows` windows after it was raised).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -153,7 +153,7 @@ fn held_since(points: &[WindowPoint], up: &[bool], rules: &Rules, onset: usize) 
             raised = Some(j);
         }
         let n = rules.off_windows.max(1);
-        let off = j + 1 >= n
+        let off = raised.is_some_and(|r| j >= r + n)
             && (j + 1 - n..=j).all(|k| !up[k] && points[k].hz_mean >= rules.recover_hz && points[k].low_share < rules.soft_low_share);
         if off {
             raised = None;

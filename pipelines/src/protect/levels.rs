@@ -115,12 +115,20 @@ pub fn event_id(region: &str, window_end_us: i64, level: Level) -> String {
 pub struct RegionLevel {
     pub region: String,
     pub level: Level,
+    /// End of the window the level was last changed at (None: not known, as for a new region).
+    changed_at_us: Option<i64>,
     recent: VecDeque<WindowSignals>,
 }
 
 impl RegionLevel {
     pub fn new(region: impl Into<String>, level: Level) -> Self {
-        Self { region: region.into(), level, recent: VecDeque::new() }
+        Self { region: region.into(), level, changed_at_us: None, recent: VecDeque::new() }
+    }
+
+    /// A level set at the window ending at `window_end_us` (restored from `alerts`).
+    pub fn changed_at(mut self, window_end_us: i64) -> Self {
+        self.changed_at_us = Some(window_end_us);
+        self
     }
 
     /// Windows kept: the longest look-back of any condition.
@@ -183,7 +191,11 @@ impl RegionLevel {
             target
         } else if self.level != Level::Off
             && target == Level::Off
-            && self.each_of_last(cfg.off_windows, |w| w.hz_mean >= cfg.recover_hz && w.low_share < cfg.soft_low_share)
+            && self.each_of_last(cfg.off_windows, |w| {
+                // The recovery windows come after the alert: a level raised by one window's
+                // forecast is not cleared at the next by the calm windows before it.
+                self.changed_at_us.is_none_or(|t| w.window_end_us > t) && w.hz_mean >= cfg.recover_hz && w.low_share < cfg.soft_low_share
+            })
         {
             Level::Off
         } else {
@@ -207,6 +219,7 @@ impl RegionLevel {
             expires_at_us: if next == Level::Off { w.window_end_us } else { w.window_end_us + EXPIRES_AFTER_US },
         };
         self.level = next;
+        self.changed_at_us = Some(w.window_end_us);
         Some(change)
     }
 }
@@ -307,6 +320,24 @@ mod tests {
         let c = r.observe(x, &cfg).unwrap();
         assert_eq!(c.level, Level::Soft);
         assert!(c.reason.contains("p_collapse"));
+    }
+
+    #[test]
+    fn a_forecast_alert_holds_for_the_recovery_windows_after_it() {
+        // Calm, then one window whose forecast raises soft: the calm windows before it do not
+        // clear it at the next window; five calm windows after it do.
+        let mut ws: Vec<_> = (0..20).map(|i| w(i, 560.0, 0.02)).collect();
+        ws[19].p_collapse_10 = Some(0.9);
+        ws.extend((20..30).map(|i| w(i, 560.0, 0.02)));
+        assert_eq!(run(&ws), vec![(19, Level::Soft), (24, Level::Off)]);
+        // Restored from `alerts` with the window it was raised at, the level holds the same way.
+        let cfg = Rules::default();
+        let mut r = RegionLevel::new("sa-east-1", Level::Soft).changed_at(19 * 60_000_000);
+        for x in &ws[..20] {
+            r.remember(*x, &cfg);
+        }
+        let got: Vec<_> = ws[20..].iter().filter_map(|x| r.observe(*x, &cfg)).map(|c| (c.window_end_us / 60_000_000, c.level)).collect();
+        assert_eq!(got, vec![(24, Level::Off)]);
     }
 
     #[test]

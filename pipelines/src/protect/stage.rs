@@ -223,9 +223,10 @@ impl ProtectStage {
             for batch in self.lake.query(&sql).await? {
                 let (region, level) = (utf8(batch.column(0))?, utf8(batch.column(1))?);
                 let (region, level) = (region.as_string::<i32>(), level.as_string::<i32>());
+                let end = batch.column(2).as_primitive::<Int64Type>();
                 for i in 0..batch.num_rows() {
                     let level = Level::parse(level.value(i)).unwrap_or(Level::Off);
-                    self.levels.insert(region.value(i).to_string(), RegionLevel::new(region.value(i), level));
+                    self.levels.insert(region.value(i).to_string(), RegionLevel::new(region.value(i), level).changed_at(end.value(i)));
                 }
             }
         }
