@@ -6,14 +6,40 @@ use std::time::Duration;
 
 use crate::harness::*;
 
+/// A `campo run` child process, killed when dropped still running (a failing test leaves no
+/// process behind holding the test's output open).
+pub struct CampoRun(Child);
+
+impl std::ops::Deref for CampoRun {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for CampoRun {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for CampoRun {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `campo run` as a child process on a broker, a lake and a group.
-pub fn campo_run(brokers: &str, lake: &Path, group: &str, topics: (&str, &str, &str), extra: &[&str]) -> Child {
+pub fn campo_run(brokers: &str, lake: &Path, group: &str, topics: (&str, &str, &str), extra: &[&str]) -> CampoRun {
     campo_run_with(brokers, lake, group, topics, extra, &[])
 }
 
 /// [`campo_run`] with extra environment variables (e.g. `CAMPO__PROTECT__TOPIC`).
-pub fn campo_run_with(brokers: &str, lake: &Path, group: &str, topics: (&str, &str, &str), extra: &[&str], env: &[(&str, &str)]) -> Child {
-    Command::new(campo_bin())
+pub fn campo_run_with(brokers: &str, lake: &Path, group: &str, topics: (&str, &str, &str), extra: &[&str], env: &[(&str, &str)]) -> CampoRun {
+    let child = Command::new(campo_bin())
         .envs(env.iter().copied())
         .args(["run", "--brokers", brokers, "--group-id", group, "--lake", lake.to_str().unwrap(), "--flush-interval", "300ms"])
         .args(if extra.contains(&"--metrics-listen") { &[][..] } else { &["--metrics-listen", ""][..] })
@@ -25,7 +51,8 @@ pub fn campo_run_with(brokers: &str, lake: &Path, group: &str, topics: (&str, &s
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start campo run")
+        .expect("start campo run");
+    CampoRun(child)
 }
 
 pub fn topics(tag: &str) -> (String, String, String) {
@@ -33,7 +60,7 @@ pub fn topics(tag: &str) -> (String, String, String) {
     (format!("{t}.readings"), format!("{t}.activity"), format!("{t}.dlq"))
 }
 
-pub fn stop(mut child: Child) {
+pub fn stop(mut child: CampoRun) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert!(status.success(), "campo run exited with {status} on SIGTERM");
