@@ -188,7 +188,8 @@ impl Producer {
         let out = self.child.wait_with_output().unwrap();
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let _ = std::fs::remove_file(&self.log);
-        let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
         assert!(out.status.success(), "campo simulate failed ({}):\n{tail}", out.status);
         out
     }

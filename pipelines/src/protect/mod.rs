@@ -9,6 +9,7 @@ pub mod backtest;
 pub mod forecast;
 pub mod levels;
 pub mod outbox;
+pub mod share;
 pub mod stage;
 
 pub use forecast::{Forecast, Model, WindowPoint};

@@ -323,24 +323,20 @@ impl ProtectStage {
     /// between these windows are processed again from the derived tables, and the outbox never
     /// sends a change twice).
     pub async fn alert(&mut self, windows: &[ClosedWindow], through: i64, closed_at: Option<Instant>) -> Result<(), LakeError> {
-        if self.base().is_some_and(|b| b >= through) || self.pending.as_ref().is_some_and(|(t, _)| *t >= through) && self.alerts.through.is_some_and(|t| t >= through) {
+        if self.base().is_some_and(|b| b >= through) {
             return Ok(());
         }
-        if self.pending.as_ref().is_none_or(|(t, _)| *t < through) {
-            let fresh: Vec<ClosedWindow> = windows
-                .iter()
-                .filter(|w| self.pending.as_ref().map(|(t, _)| *t).or(self.base()).is_none_or(|b| w.point.window_end_us > b))
-                .cloned()
-                .collect();
-            let mut produced = self.evaluate(&fresh);
+        // Windows up to `evaluated` were evaluated already (by a close whose forecasts are not
+        // committed yet, or before the base).
+        let evaluated = self.pending.as_ref().map(|(t, _)| *t).or(self.base());
+        if evaluated.is_none_or(|e| e < through) {
+            let fresh: Vec<ClosedWindow> = windows.iter().filter(|w| evaluated.is_none_or(|e| w.point.window_end_us > e)).cloned().collect();
+            let produced = self.evaluate(&fresh);
             self.note_changes(&produced, closed_at);
-            if let Some((_, earlier)) = self.pending.take() {
-                let mut all = earlier;
-                all.forecasts.append(&mut produced.forecasts);
-                all.changes.append(&mut produced.changes);
-                produced = all;
-            }
-            self.pending = Some((through, produced));
+            let (_, mut all) = self.pending.take().unwrap_or_default();
+            all.forecasts.extend(produced.forecasts);
+            all.changes.extend(produced.changes);
+            self.pending = Some((through, all));
         }
         // A change is sent as soon as its outbox row is committed.
         let produced = &self.pending.as_ref().expect("just set").1;
