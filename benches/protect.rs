@@ -133,6 +133,7 @@ fn main() {
     tpl.add_partition_offset(&cfg.protect.topic, 0, Offset::Beginning).unwrap();
     consumer.assign(&tpl).unwrap();
     let mut latencies = Vec::new();
+    let mut traces = Vec::new();
     let mut levels: HashMap<String, u32> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs_f64(wall_secs + 30.0);
     while Instant::now() < deadline {
@@ -141,8 +142,9 @@ fn main() {
             let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
             let id = v["event_id"].as_str().unwrap().to_string();
             *levels.entry(v["level"].as_str().unwrap().to_string()).or_default() += 1;
-            if let Some(at) = stats.protect_closed_at.lock().unwrap().get(&id) {
-                latencies.push(read.duration_since(*at).as_secs_f64());
+            if let Some(t) = stats.protect_traces.lock().unwrap().get(&id) {
+                latencies.push(read.duration_since(t.advanced).as_secs_f64());
+                traces.push(*t);
             }
         }
     }
@@ -162,4 +164,25 @@ fn main() {
         q(&mut sorted, 0.99),
         q(&mut sorted, 1.0)
     );
+    // Where the time goes: each step's share of the path, as the time since the previous step.
+    println!("  step (seconds since the previous step)        p50     p99     max");
+    let names = ["bronze flush committed", "window stage took the input", "signal SQL done", "forecasts + state machine done", "alerts committed", "broker acknowledged", "read by the consumer"];
+    let steps: Vec<[Option<f64>; 7]> = traces
+        .iter()
+        .zip(&latencies)
+        .map(|(t, read)| {
+            let s = t.steps();
+            [s[0], s[1], s[2], s[3], s[4], s[5], Some(*read)]
+        })
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        let mut d: Vec<f64> = steps
+            .iter()
+            .filter_map(|s| {
+                let prev = if i == 0 { Some(0.0) } else { s[..i].iter().rev().flatten().next().copied().or(Some(0.0)) };
+                s[i].zip(prev).map(|(a, b)| a - b)
+            })
+            .collect();
+        println!("    {name:<44} {:.3}   {:.3}   {:.3}", q(&mut d, 0.5), q(&mut d, 0.99), q(&mut d, 1.0));
+    }
 }

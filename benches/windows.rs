@@ -77,6 +77,7 @@ fn main() {
                     activity: f.activity.batches,
                     watermark: f.watermark,
                     advanced_at: f.advanced_at,
+                    committed_at: Some(std::time::Instant::now()),
                     generation: f.generation,
                     whole: f.whole,
                     bronze_versions: [readings.version(), activity.version()],

@@ -100,6 +100,7 @@ pub async fn run(sim_cfg: SimConfig, config: &Config, records: u64, mut progress
             activity: f.activity.batches,
             watermark: f.watermark,
             advanced_at: f.advanced_at,
+            committed_at: Some(std::time::Instant::now()),
             generation: f.generation,
             whole: f.whole,
             bronze_versions: [readings.version(), activity.version()],

@@ -109,11 +109,43 @@ pub struct Stats {
     pub protect: Mutex<BTreeMap<String, crate::protect::RegionProtect>>,
     /// Recent level changes (the last 100), for live output.
     pub protect_changes: Mutex<std::collections::VecDeque<crate::protect::LevelChange>>,
-    /// When the window close that raised each recent change happened (the last 10,000), for
-    /// the close-to-event latency benchmark.
-    pub protect_closed_at: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The path of the window close that raised each recent change (the last 10,000), by
+    /// `event_id`, for the close-to-event latency benchmark.
+    pub protect_traces: Mutex<std::collections::HashMap<String, CloseTrace>>,
     /// Close-to-visible seconds of recent window closes, and seconds spent in SQL.
     pub window_times: Mutex<WindowTimes>,
+}
+
+/// When a window close passed each step on the way to its `system.protect` events.
+#[derive(Debug, Clone, Copy)]
+pub struct CloseTrace {
+    /// The watermark passed the window's end (the consumer cut a flush at once).
+    pub advanced: std::time::Instant,
+    /// The flush holding the window's last rows was committed to bronze.
+    pub committed: Option<std::time::Instant>,
+    /// The window stage began the input that closes the window.
+    pub received: Option<std::time::Instant>,
+    /// The signal SQL of the close finished.
+    pub computed: Option<std::time::Instant>,
+    /// Forecasts and the protective state machine finished.
+    pub evaluated: Option<std::time::Instant>,
+    /// The changes were committed to `alerts` and handed to the outbox.
+    pub alerted: Option<std::time::Instant>,
+    /// The broker acknowledged the event.
+    pub acked: Option<std::time::Instant>,
+}
+
+impl CloseTrace {
+    pub fn new(advanced: std::time::Instant) -> Self {
+        Self { advanced, committed: None, received: None, computed: None, evaluated: None, alerted: None, acked: None }
+    }
+
+    /// Seconds from the close to each step: committed, received, computed, evaluated, alerted,
+    /// acked (None where not reached).
+    pub fn steps(&self) -> [Option<f64>; 6] {
+        [self.committed, self.received, self.computed, self.evaluated, self.alerted, self.acked]
+            .map(|t| t.map(|t| t.saturating_duration_since(self.advanced).as_secs_f64()))
+    }
 }
 
 /// Timing of window closes, kept for progress output and the benchmark.
@@ -140,6 +172,13 @@ impl Stats {
             t.close_to_visible.push_back(v);
         }
         t.sql_seconds += sql_secs;
+    }
+
+    /// Notes the broker's acknowledgement of a `system.protect` event.
+    pub(crate) fn record_protect_acked(&self, event_id: &str) {
+        if let Some(t) = self.protect_traces.lock().expect("protect traces").get_mut(event_id) {
+            t.acked = Some(std::time::Instant::now());
+        }
     }
 
     pub(crate) fn record_state_update(&self, secs: f64) {

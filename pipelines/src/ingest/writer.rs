@@ -74,6 +74,7 @@ pub(crate) async fn run(
                             activity: flush.activity.batches.clone(),
                             watermark: flush.watermark,
                             advanced_at: flush.advanced_at,
+                            committed_at: Some(std::time::Instant::now()),
                             generation: flush.generation,
                             whole: flush.whole,
                             bronze_versions: [tables.readings.version(), tables.activity.version()],

@@ -21,6 +21,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::levels::LevelChange;
 use crate::config::Config;
+use crate::ingest::Stats;
 
 /// Records per partition read back on start.
 pub const READ_BACK: i64 = 10_000;
@@ -79,7 +80,7 @@ impl Outbox {
     /// Starts the task: it first sends the `recent` changes (already committed to `alerts`)
     /// that the topic's tail does not hold, then every change handed to [`Outbox::send`], in
     /// order, retrying with backoff.
-    pub fn start(config: &Config, recent: Vec<LevelChange>) -> Result<Self, rdkafka::error::KafkaError> {
+    pub fn start(config: &Config, recent: Vec<LevelChange>, stats: Arc<Stats>) -> Result<Self, rdkafka::error::KafkaError> {
         let producer: FutureProducer = client_config(config, "campo-protect")
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -88,7 +89,7 @@ impl Outbox {
             .create()?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(recent.len()));
-        let sender = Sender { config: config.clone(), producer, topic: config.protect.topic.clone(), queue: VecDeque::new(), failing: false, pending: pending.clone() };
+        let sender = Sender { config: config.clone(), producer, topic: config.protect.topic.clone(), queue: VecDeque::new(), failing: false, pending: pending.clone(), stats };
         let task = tokio::spawn(sender.run(recent, rx));
         Ok(Self { tx: Some(tx), task: Some(task), pending })
     }
@@ -134,6 +135,7 @@ struct Sender {
     queue: VecDeque<LevelChange>,
     failing: bool,
     pending: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
 }
 
 impl Sender {
@@ -207,6 +209,7 @@ impl Sender {
                         self.failing = false;
                     }
                     metrics::counter!("campo_protect_events_total", "level" => c.level.name()).increment(1);
+                    self.stats.record_protect_acked(&c.event_id);
                     self.queue.pop_front();
                     self.pending.fetch_sub(1, Ordering::Relaxed);
                 }

@@ -22,7 +22,7 @@ use super::forecast::{Forecast, MAX_HISTORY, Model, WindowPoint};
 use super::levels::{Level, LevelChange, RegionLevel, Rules, WindowSignals};
 use super::outbox::Outbox;
 use crate::config::Config;
-use crate::ingest::{Shutdown, Stats, commit_retrying};
+use crate::ingest::{CloseTrace, Shutdown, Stats, commit_retrying};
 
 /// The txn "topic" of the protect tables: app id `{pipeline}-protect-0`.
 const TXN_TOPIC: &str = "protect";
@@ -245,7 +245,7 @@ impl ProtectStage {
             // against the topic; changes from now on are sent as they are committed.
             let since = self.base().map(|b| b - Outbox::lookback_us());
             let recent = read_changes(&self.lake, since).await?;
-            let outbox = Outbox::start(&self.config, recent).map_err(|e| LakeError::Query {
+            let outbox = Outbox::start(&self.config, recent, self.stats.clone()).map_err(|e| LakeError::Query {
                 table: "(protect)".into(),
                 source: datafusion::error::DataFusionError::External(Box::new(e)),
             })?;
@@ -311,8 +311,8 @@ impl ProtectStage {
 
     /// Processes closed windows (every window ending at or before `through`), commits both
     /// tables and sends the level changes.
-    pub async fn process(&mut self, windows: &[ClosedWindow], through: i64, closed_at: Option<Instant>) -> Result<Produced, LakeError> {
-        self.alert(windows, through, closed_at).await?;
+    pub async fn process(&mut self, windows: &[ClosedWindow], through: i64, trace: Option<CloseTrace>) -> Result<Produced, LakeError> {
+        self.alert(windows, through, trace).await?;
         self.commit_forecasts(through).await
     }
 
@@ -322,7 +322,7 @@ impl ProtectStage {
     /// committed (the stage resumes from the older of its two tables, so after a crash in
     /// between these windows are processed again from the derived tables, and the outbox never
     /// sends a change twice).
-    pub async fn alert(&mut self, windows: &[ClosedWindow], through: i64, closed_at: Option<Instant>) -> Result<(), LakeError> {
+    pub async fn alert(&mut self, windows: &[ClosedWindow], through: i64, mut trace: Option<CloseTrace>) -> Result<(), LakeError> {
         if self.base().is_some_and(|b| b >= through) {
             return Ok(());
         }
@@ -332,7 +332,10 @@ impl ProtectStage {
         if evaluated.is_none_or(|e| e < through) {
             let fresh: Vec<ClosedWindow> = windows.iter().filter(|w| evaluated.is_none_or(|e| w.point.window_end_us > e)).cloned().collect();
             let produced = self.evaluate(&fresh);
-            self.note_changes(&produced, closed_at);
+            if let Some(t) = &mut trace {
+                t.evaluated = Some(Instant::now());
+            }
+            self.note_changes(&produced);
             let (_, mut all) = self.pending.take().unwrap_or_default();
             all.forecasts.extend(produced.forecasts);
             all.changes.extend(produced.changes);
@@ -348,6 +351,16 @@ impl ProtectStage {
             .map(|c| c.0.clone())
             .collect();
         commit(&mut self.alerts, a_rows, through, &self.stats, &self.shutdown).await?;
+        if let Some(mut t) = trace {
+            t.alerted = Some(Instant::now());
+            let mut traces = self.stats.protect_traces.lock().expect("protect traces");
+            if traces.len() >= 10_000 {
+                traces.clear();
+            }
+            for c in &changes {
+                traces.insert(c.event_id.clone(), t);
+            }
+        }
         if let Some(outbox) = &self.outbox {
             outbox.send(changes);
         }
@@ -366,7 +379,7 @@ impl ProtectStage {
         Ok(produced)
     }
 
-    fn note_changes(&self, produced: &Produced, closed_at: Option<Instant>) {
+    fn note_changes(&self, produced: &Produced) {
         for (c, ..) in &produced.changes {
             tracing::info!(region = c.region, level = c.level.name(), previous = c.previous.name(), reason = c.reason, "protective mode");
             let mut recent = self.stats.protect_changes.lock().expect("protect changes");
@@ -374,13 +387,6 @@ impl ProtectStage {
                 recent.pop_front();
             }
             recent.push_back(c.clone());
-            if let Some(at) = closed_at {
-                let mut m = self.stats.protect_closed_at.lock().expect("protect closed at");
-                if m.len() >= 10_000 {
-                    m.clear();
-                }
-                m.insert(c.event_id.clone(), at);
-            }
         }
     }
 

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use datafusion::prelude::SessionContext;
 
 use crate::config::Config;
-use crate::ingest::{Shutdown, Stats, commit_retrying};
+use crate::ingest::{CloseTrace, Shutdown, Stats, commit_retrying};
 use crate::protect::{ProtectStage, stage::closed_windows};
 
 use super::sql::{self, Source, StateQuery};
@@ -48,6 +48,8 @@ pub struct WindowInput {
     pub watermark: Option<i64>,
     /// When the watermark reached that window end (for close-to-visible latency).
     pub advanced_at: Option<Instant>,
+    /// When the flush was committed to bronze.
+    pub committed_at: Option<Instant>,
     /// The consumer's assignment generation when the flush was cut.
     pub generation: u64,
     /// Whether that assignment held every partition of both input topics.
@@ -428,13 +430,17 @@ impl WindowStage {
     }
 
     /// Closes every window ending at or before `through` and commits their rows.
-    async fn close(&mut self, through: i64, advanced_at: Option<Instant>) -> Result<(), LakeError> {
+    /// `trace` has the close's steps so far (from the watermark passing to the input's start).
+    async fn close(&mut self, through: i64, mut trace: Option<CloseTrace>) -> Result<(), LakeError> {
         if self.reload_from().is_some_and(|t| t >= through) {
             return Ok(());
         }
         let sql_started = Instant::now();
         let outputs = self.compute(through).await.map_err(|source| LakeError::Query { table: "(signal pipelines)".into(), source })?;
         let sql_secs = sql_started.elapsed().as_secs_f64();
+        if let Some(t) = &mut trace {
+            t.computed = Some(Instant::now());
+        }
         // The two tables are independent: commit them side by side, and beside them the
         // protect stage's alerts (the path to a `system.protect` event); its forecasts follow.
         let windows = match self.protect {
@@ -445,7 +451,7 @@ impl WindowStage {
         let protect = &mut self.protect;
         let alerts = async {
             match protect {
-                Some(p) => p.alert(&windows, through, advanced_at).await,
+                Some(p) => p.alert(&windows, through, trace).await,
                 None => Ok(()),
             }
         };
@@ -457,7 +463,7 @@ impl WindowStage {
         ra?;
         rb?;
         rp?;
-        let visible = advanced_at.map(|a| a.elapsed().as_secs_f64());
+        let visible = trace.map(|t| t.advanced.elapsed().as_secs_f64());
         self.stats.record_window_close(through, visible, sql_secs);
         if let Some(v) = visible {
             metrics::histogram!("campo_window_close_to_visible_seconds").record(v);
@@ -510,6 +516,7 @@ impl WindowStage {
 
     /// Takes committed bronze rows and closes what the watermark has passed.
     pub async fn input(&mut self, input: WindowInput) -> Result<(), LakeError> {
+        let received = Instant::now();
         if !input.whole {
             // Other instances hold some partitions: this one would compute partial windows.
             if !self.warned_partial {
@@ -535,7 +542,8 @@ impl WindowStage {
                 self.update(Source::Activity, &input.activity).await?;
             }
             if let Some(through) = input.watermark {
-                self.close(through, input.advanced_at).await?;
+                let trace = input.advanced_at.map(|a| CloseTrace { committed: input.committed_at, received: Some(received), ..CloseTrace::new(a) });
+                self.close(through, trace).await?;
             }
         }
         let rows = self.open_rows();
