@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use campo_pipelines::Config;
-use campo_pipelines::ingest::{self, Shutdown, Stats};
+use campo_pipelines::ingest::{self, CloseTrace, Shutdown, Stats};
 use campo_pipelines::simulate::{SimConfig, Simulator};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -166,14 +166,11 @@ fn main() {
     );
     // Where the time goes: each step's share of the path, as the time since the previous step.
     println!("  step (seconds since the previous step)        p50     p99     max");
-    let names = ["bronze flush committed", "window stage took the input", "signal SQL done", "forecasts + state machine done", "alerts committed", "broker acknowledged", "read by the consumer"];
-    let steps: Vec<[Option<f64>; 7]> = traces
+    let names: Vec<&str> = CloseTrace::STEPS.iter().copied().chain(["read by the consumer"]).collect();
+    let steps: Vec<Vec<Option<f64>>> = traces
         .iter()
         .zip(&latencies)
-        .map(|(t, read)| {
-            let s = t.steps();
-            [s[0], s[1], s[2], s[3], s[4], s[5], Some(*read)]
-        })
+        .map(|(t, read)| t.steps().into_iter().chain([Some(*read)]).collect())
         .collect();
     for (i, name) in names.iter().enumerate() {
         let mut d: Vec<f64> = steps

@@ -68,8 +68,9 @@ pub struct Flush {
     /// End of the last closed window at the cut: every non-late row of those windows is in
     /// this flush or an earlier one.
     pub watermark: Option<i64>,
-    /// When the watermark last advanced (to time window closes).
-    pub advanced_at: Option<std::time::Instant>,
+    /// The path of the latest window close so far: when the watermark last advanced and
+    /// when this flush was cut (the writer adds its own steps).
+    pub trace: Option<CloseTrace>,
 }
 
 /// What the writer tells the consumer.
@@ -121,6 +122,10 @@ pub struct Stats {
 pub struct CloseTrace {
     /// The watermark passed the window's end (the consumer cut a flush at once).
     pub advanced: std::time::Instant,
+    /// The consumer cut the flush holding the window's last rows.
+    pub cut: Option<std::time::Instant>,
+    /// The writer began committing that flush (it may have waited behind earlier ones).
+    pub started: Option<std::time::Instant>,
     /// The flush holding the window's last rows was committed to bronze.
     pub committed: Option<std::time::Instant>,
     /// The window stage began the input that closes the window.
@@ -136,14 +141,35 @@ pub struct CloseTrace {
 }
 
 impl CloseTrace {
+    /// What each entry of [`CloseTrace::steps`] marks.
+    pub const STEPS: [&str; 8] = [
+        "flush cut",
+        "writer began the flush",
+        "bronze flush committed",
+        "window stage took the input",
+        "signal SQL done",
+        "forecasts + state machine done",
+        "alerts committed",
+        "broker acknowledged",
+    ];
+
     pub fn new(advanced: std::time::Instant) -> Self {
-        Self { advanced, committed: None, received: None, computed: None, evaluated: None, alerted: None, acked: None }
+        Self {
+            advanced,
+            cut: None,
+            started: None,
+            committed: None,
+            received: None,
+            computed: None,
+            evaluated: None,
+            alerted: None,
+            acked: None,
+        }
     }
 
-    /// Seconds from the close to each step: committed, received, computed, evaluated, alerted,
-    /// acked (None where not reached).
-    pub fn steps(&self) -> [Option<f64>; 6] {
-        [self.committed, self.received, self.computed, self.evaluated, self.alerted, self.acked]
+    /// Seconds from the close to each step of [`CloseTrace::STEPS`] (None where not reached).
+    pub fn steps(&self) -> [Option<f64>; 8] {
+        [self.cut, self.started, self.committed, self.received, self.computed, self.evaluated, self.alerted, self.acked]
             .map(|t| t.map(|t| t.saturating_duration_since(self.advanced).as_secs_f64()))
     }
 }

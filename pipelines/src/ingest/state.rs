@@ -300,7 +300,7 @@ impl IngestState {
             counts: std::mem::take(&mut self.counts),
             positions,
             watermark,
-            advanced_at: self.advanced_at,
+            trace: self.advanced_at.map(|a| super::CloseTrace { cut: Some(Instant::now()), ..super::CloseTrace::new(a) }),
         })
     }
 }

@@ -49,6 +49,7 @@ pub(crate) async fn run(
             let _ = events.send(WriterEvent::Dropped { keys, refused: false });
         } else {
             let started = std::time::Instant::now();
+            let trace = flush.trace.map(|t| super::CloseTrace { started: Some(started), ..t });
             let outcome = commit_flush(&shared, &mut tables, &producer, &flush).await;
             match outcome {
                 (Step::Done, _) => {
@@ -73,8 +74,7 @@ pub(crate) async fn run(
                             readings: flush.readings.batches.clone(),
                             activity: flush.activity.batches.clone(),
                             watermark: flush.watermark,
-                            advanced_at: flush.advanced_at,
-                            committed_at: Some(std::time::Instant::now()),
+                            trace: trace.map(|t| super::CloseTrace { committed: Some(std::time::Instant::now()), ..t }),
                             generation: flush.generation,
                             whole: flush.whole,
                             bronze_versions: [tables.readings.version(), tables.activity.version()],

@@ -46,10 +46,9 @@ pub struct WindowInput {
     pub activity: Vec<RecordBatch>,
     /// End of the last closed window as of the flush's cut.
     pub watermark: Option<i64>,
-    /// When the watermark reached that window end (for close-to-visible latency).
-    pub advanced_at: Option<Instant>,
-    /// When the flush was committed to bronze.
-    pub committed_at: Option<Instant>,
+    /// The path so far of the latest window close: the watermark reaching that window end,
+    /// the flush's cut and its bronze commit (for close-to-visible latency).
+    pub trace: Option<CloseTrace>,
     /// The consumer's assignment generation when the flush was cut.
     pub generation: u64,
     /// Whether that assignment held every partition of both input topics.
@@ -542,7 +541,7 @@ impl WindowStage {
                 self.update(Source::Activity, &input.activity).await?;
             }
             if let Some(through) = input.watermark {
-                let trace = input.advanced_at.map(|a| CloseTrace { committed: input.committed_at, received: Some(received), ..CloseTrace::new(a) });
+                let trace = input.trace.map(|t| CloseTrace { received: Some(received), ..t });
                 self.close(through, trace).await?;
             }
         }
