@@ -20,6 +20,7 @@
 
 pub mod sql;
 pub mod stage;
+mod state;
 pub mod watermark;
 
 pub use stage::{RegionSignal, WindowInput, WindowStage};

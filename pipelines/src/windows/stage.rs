@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use campo_lake::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, RecordBatch, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, Date32Array, RecordBatch, TimestampMicrosecondArray,
 };
 use campo_lake::arrow::compute::{cast, concat_batches, filter_record_batch};
 use campo_lake::arrow::datatypes::{Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
@@ -21,7 +21,8 @@ use crate::config::Config;
 use crate::ingest::{CloseTrace, Shutdown, Stats, commit_retrying};
 use crate::protect::{ProtectStage, stage::closed_windows};
 
-use super::sql::{self, Source, StateQuery};
+use super::sql::{self, Source};
+use super::state::{State, ended_by};
 
 /// Columns of `readings` the state queries read.
 const READING_COLS: [&str; 7] = ["region", "user_hash", "hz", "hz_bucket", "mood_delta", "entropy", "occurred_at"];
@@ -29,10 +30,6 @@ const READING_COLS: [&str; 7] = ["region", "user_hash", "hz", "hz_bucket", "mood
 const ACTIVITY_COLS: [&str; 8] =
     ["region", "kind", "user_hash", "status", "latency_ms", "waf_blocked", "entropy", "occurred_at"];
 
-/// Partial rows of a state table are merged once they outnumber the merged rows (and at least
-/// this many): merging costs amortized O(1) per partial row, and a window's close reads at most
-/// about twice its merged state.
-const MIN_MERGE_ROWS: usize = 65_536;
 /// Bronze rows per state update when reloading open windows on start.
 const RELOAD_CHUNK_ROWS: usize = 262_144;
 
@@ -83,60 +80,6 @@ impl Derived {
     }
 }
 
-/// One state table of the open windows: merged rows plus partial rows not merged yet.
-struct State {
-    query: &'static StateQuery,
-    /// The query's output schema, every column nullable (partial and merged rows share it).
-    schema: SchemaRef,
-    merged: Vec<RecordBatch>,
-    merged_rows: usize,
-    partial: Vec<RecordBatch>,
-    partial_rows: usize,
-}
-
-impl State {
-    /// Plans the query over an empty batch of its events for the state's schema.
-    async fn new(ctx: &SessionContext, query: &'static StateQuery, events: SchemaRef) -> datafusion::error::Result<Self> {
-        let _ = ctx.deregister_table(query.source.table())?;
-        ctx.register_table(query.source.table(), Arc::new(MemTable::try_new(events, vec![vec![]])?))?;
-        let planned = ctx.sql(query.sql).await?;
-        let fields: Vec<Field> =
-            planned.schema().as_arrow().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-        let schema = Arc::new(Schema::new(fields));
-        Ok(Self { query, schema, merged: Vec::new(), merged_rows: 0, partial: Vec::new(), partial_rows: 0 })
-    }
-
-    fn rows(&self) -> usize {
-        self.merged_rows + self.partial_rows
-    }
-
-    fn clear(&mut self) {
-        self.merged.clear();
-        self.partial.clear();
-        self.merged_rows = 0;
-        self.partial_rows = 0;
-    }
-
-    fn bytes(&self) -> usize {
-        self.merged.iter().chain(&self.partial).map(|b| b.get_array_memory_size()).sum()
-    }
-
-    /// Brings query output to the state's schema.
-    fn conform(&self, batches: Vec<RecordBatch>) -> datafusion::error::Result<Vec<RecordBatch>> {
-        let mut out = Vec::with_capacity(batches.len());
-        for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
-            let schema = self.schema.clone();
-            let cols = b
-                .columns()
-                .iter()
-                .zip(schema.fields())
-                .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
-                .collect::<Result<Vec<_>, _>>()?;
-            out.push(RecordBatch::try_new(schema, cols)?);
-        }
-        Ok(out)
-    }
-}
 
 pub struct WindowStage {
     lake: Lake,
@@ -315,9 +258,7 @@ impl WindowStage {
             let out = self.run_sql(query.sql, &[(source.table(), events.clone())]).await.map_err(query_err)?;
             let state = &mut self.states[i];
             let out = state.conform(out).map_err(query_err)?;
-            state.partial_rows += out.iter().map(|b| b.num_rows()).sum::<usize>();
-            state.partial.extend(out);
-            if state.partial_rows >= state.merged_rows.max(MIN_MERGE_ROWS) {
+            if state.push_partial(out) {
                 self.merge(i).await.map_err(query_err)?;
             }
         }
@@ -331,14 +272,12 @@ impl WindowStage {
     async fn merge(&mut self, i: usize) -> datafusion::error::Result<()> {
         let state = &self.states[i];
         let schema = state.schema.clone();
-        let all = concat_batches(&schema, state.merged.iter().chain(&state.partial))?;
+        let all = state.all_rows()?;
         let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         let out = self.run_sql(&sql::merge_sql(&columns), &[("state", all)]).await?;
         let state = &mut self.states[i];
-        state.merged = state.conform(out)?;
-        state.merged_rows = state.merged.iter().map(|b| b.num_rows()).sum();
-        state.partial.clear();
-        state.partial_rows = 0;
+        let merged = state.conform(out)?;
+        state.set_merged(merged);
         Ok(())
     }
 
@@ -376,28 +315,6 @@ impl WindowStage {
         Some(RecordBatch::try_new(schema, columns).expect("window columns match"))
     }
 
-    /// Splits state rows into those of windows ending at or before `through` (returned) and
-    /// the rest (kept).
-    fn take_closed(open: &mut Vec<RecordBatch>, through: i64) -> Vec<RecordBatch> {
-        let mut closed = Vec::new();
-        let mut keep = Vec::new();
-        for b in open.drain(..) {
-            let end = b.column_by_name("window_end").expect("window_end").as_primitive::<TimestampMicrosecondType>();
-            let mask: BooleanArray = end.iter().map(|e| Some(e.is_some_and(|e| e <= through))).collect();
-            let n = mask.true_count();
-            if n == b.num_rows() {
-                closed.push(b);
-            } else if n == 0 {
-                keep.push(b);
-            } else {
-                closed.push(filter_record_batch(&b, &mask).expect("filter"));
-                let rest = campo_lake::arrow::compute::not(&mask).expect("not");
-                keep.push(filter_record_batch(&b, &rest).expect("filter"));
-            }
-        }
-        *open = keep;
-        closed
-    }
 
     async fn run_sql(&self, sql: &str, tables: &[(&str, RecordBatch)]) -> datafusion::error::Result<Vec<RecordBatch>> {
         for (name, batch) in tables {
@@ -412,10 +329,7 @@ impl WindowStage {
     async fn compute(&mut self, through: i64) -> datafusion::error::Result<[RecordBatch; 2]> {
         let mut closed: Vec<(&str, RecordBatch)> = Vec::with_capacity(self.states.len());
         for state in &mut self.states {
-            let mut rows = Self::take_closed(&mut state.merged, through);
-            state.merged_rows = state.merged.iter().map(|b| b.num_rows()).sum();
-            rows.extend(Self::take_closed(&mut state.partial, through));
-            state.partial_rows = state.partial.iter().map(|b| b.num_rows()).sum();
+            let rows = state.take_closed(through);
             closed.push((state.query.name, concat_batches(&state.schema, &rows)?));
         }
         let (rm_inputs, evu_inputs) = closed.split_at(sql::REGION_METRICS_STATE.len());
@@ -609,9 +523,8 @@ async fn commit_derived(
 
 /// Rows of windows ending after `v`.
 fn after(rows: &RecordBatch, v: i64) -> RecordBatch {
-    let end = rows.column_by_name("window_end").expect("window_end").as_primitive::<TimestampMicrosecondType>();
-    let mask: BooleanArray = end.iter().map(|e| Some(e.is_some_and(|e| e > v))).collect();
-    filter_record_batch(rows, &mask).expect("filter")
+    let later = campo_lake::arrow::compute::not(&ended_by(rows, v)).expect("not");
+    filter_record_batch(rows, &later).expect("filter")
 }
 
 /// Casts SQL output to a table's schema by column name, deriving `window_date`.
