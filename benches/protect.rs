@@ -176,8 +176,9 @@ fn main() {
         let mut d: Vec<f64> = steps
             .iter()
             .filter_map(|s| {
-                let prev = if i == 0 { Some(0.0) } else { s[..i].iter().rev().flatten().next().copied().or(Some(0.0)) };
-                s[i].zip(prev).map(|(a, b)| a - b)
+                // The latest earlier step reached (the close itself before any).
+                let prev = s[..i].iter().rev().flatten().next().copied().unwrap_or(0.0);
+                s[i].map(|at| at - prev)
             })
             .collect();
         println!("    {name:<44} {:.3}   {:.3}   {:.3}", q(&mut d, 0.5), q(&mut d, 0.99), q(&mut d, 1.0));
