@@ -9,15 +9,29 @@
 //!
 //! Log maintenance is off the commit path: delta-rs would, in every commit, list the whole
 //! `_delta_log` to clean up expired entries and, every `checkpointInterval` commits, write the
-//! checkpoint before returning. The writer turns both off in the commit and runs them in a
-//! background task instead (one at a time per table), every `checkpointInterval` commits.
+//! checkpoint before returning. The writer runs both in a background task instead (one at a time
+//! per table), every `checkpointInterval` commits.
+//!
+//! The snapshot is off the commit path too. After a commit, delta-rs's `CommitBuilder` brings
+//! the table's eager snapshot to the new version, which rebuilds its file list: 40 to 180 ms a
+//! commit on this project's bench machine, against about 1 ms to write the Parquet. Where the
+//! log store puts the commit file atomically (a put that fails if the version exists, as on the
+//! local filesystem and the object stores delta-rs drives with conditional puts), the writer
+//! writes the log entry itself at the version after its last one and tracks that version. The
+//! snapshot stays behind: it is only read for the table's metadata (unchanged by appends) and
+//! for txn versions this writer has not committed itself. Between the snapshot and the tracked
+//! version every version is this writer's own (any other writer's commit would have taken the
+//! version it tried to write, which is a conflict and a reload), and the txn versions of its own
+//! commits are cached, so those reads are exact. The background maintenance brings a copy of
+//! the snapshot to the checkpointed version and hands it back.
 
 use std::collections::HashMap;
 
 use deltalake::DeltaTable;
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::{CommitBuilder, CommitData, CommitProperties};
 use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::logstore::CommitOrBytes;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 
@@ -88,21 +102,30 @@ fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
 pub struct TableWriter {
     name: &'static str,
     pipeline: String,
+    /// The table; its snapshot may be behind `version` (see the module docs).
     table: DeltaTable,
-    /// txn versions known at the table's loaded version (filled lazily).
+    /// The table's version as this writer last saw or made it.
+    version: Option<u64>,
+    /// Whether commits write their log entry directly (the log store puts it atomically).
+    direct: bool,
+    /// txn versions known at `version` (filled lazily; this writer's own commits always).
     txns: HashMap<String, Option<i64>>,
     /// Files already written for the commit in progress, kept across retries.
     staged: Option<Vec<Add>>,
-    /// The background checkpoint and log clean-up, if one is running.
-    maintenance: Option<tokio::task::JoinHandle<()>>,
+    /// The background checkpoint and log clean-up, if one is running; it returns the table
+    /// brought to the checkpointed version.
+    maintenance: Option<tokio::task::JoinHandle<Option<DeltaTable>>>,
 }
 
 impl TableWriter {
     pub async fn open(lake: &Lake, kind: TableKind, pipeline: &str) -> Result<Self> {
         let table = lake.open_or_create(kind).await?;
+        let direct = ["DefaultLogStore", "LakeFSLogStore"].contains(&table.log_store().name().as_str());
         Ok(Self {
             name: kind.name(),
             pipeline: pipeline.to_string(),
+            version: table.version(),
+            direct,
             table,
             txns: HashMap::new(),
             staged: None,
@@ -113,7 +136,17 @@ impl TableWriter {
     /// Waits for the background checkpoint, if one is running.
     pub async fn maintenance_done(&mut self) {
         if let Some(h) = self.maintenance.take() {
-            let _ = h.await;
+            self.adopt(h.await.ok().flatten());
+        }
+    }
+
+    /// Takes the table the background maintenance brought forward, when it is ahead of ours.
+    fn adopt(&mut self, table: Option<DeltaTable>) {
+        if let Some(t) = table
+            && t.version() > self.table.version()
+            && t.version() <= self.version
+        {
+            self.table = t;
         }
     }
 
@@ -125,15 +158,23 @@ impl TableWriter {
         if !(version + 1).is_multiple_of(interval) || self.maintenance.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
-        let (table, name) = (self.table.clone(), self.name);
+        if let Some(h) = self.maintenance.take() {
+            self.adopt(futures_util::FutureExt::now_or_never(h).and_then(|r| r.ok()).flatten());
+        }
+        let (mut table, name) = (self.table.clone(), self.name);
         self.maintenance = Some(tokio::spawn(async move {
             let started = std::time::Instant::now();
+            if let Err(e) = table.update_incremental(Some(version)).await {
+                tracing::warn!(table = name, version, error = %e, "loading the version to checkpoint failed; the next one will retry");
+                return None;
+            }
             if let Err(e) = deltalake::checkpoints::create_checkpoint(&table, None).await {
                 tracing::warn!(table = name, version, error = %e, "checkpoint failed; the next one will retry");
-                return;
+                return Some(table);
             }
             let cleaned = deltalake::checkpoints::cleanup_metadata(&table, None).await;
             tracing::debug!(table = name, version, cleaned = ?cleaned.ok(), elapsed_ms = started.elapsed().as_millis() as u64, "log checkpointed");
+            Some(table)
         }));
     }
 
@@ -142,12 +183,13 @@ impl TableWriter {
     }
 
     pub fn version(&self) -> Option<u64> {
-        self.table.version()
+        self.version
     }
 
     /// Brings the table to its latest version and forgets cached txn versions.
     pub async fn reload(&mut self) -> Result<()> {
         self.table.update_incremental(None).await.map_err(delta(self.name))?;
+        self.version = self.table.version();
         self.txns.clear();
         Ok(())
     }
@@ -236,25 +278,41 @@ impl TableWriter {
                 )
             })
             .collect();
-        let props = CommitProperties::default()
-            .with_max_retries(0)
-            .with_application_transactions(txns)
-            .with_create_checkpoint(false)
-            .with_cleanup_expired_logs(Some(false));
         let snapshot = self.table.snapshot()?;
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: Some(snapshot.metadata().partition_columns().to_vec()),
             predicate: None,
         };
-        let finalized = CommitBuilder::from(props)
-            .with_actions(adds.into_iter().map(Action::Add).collect())
-            .build(Some(snapshot), self.table.log_store(), operation)
-            .await?;
-        let version = finalized.version();
-        self.table.state = Some(finalized.snapshot());
+        let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+        let version = match self.version {
+            Some(base) if self.direct => {
+                let read = HashMap::from([("readVersion".to_string(), serde_json::Value::from(base))]);
+                let bytes = CommitData::new(actions, operation, read, txns).get_bytes()?;
+                let version = base + 1;
+                self.table
+                    .log_store()
+                    .write_commit_entry(version, CommitOrBytes::LogBytes(bytes), uuid::Uuid::new_v4())
+                    .await?;
+                version
+            }
+            _ => {
+                let props = CommitProperties::default()
+                    .with_max_retries(0)
+                    .with_application_transactions(txns)
+                    .with_create_checkpoint(false)
+                    .with_cleanup_expired_logs(Some(false));
+                let finalized = CommitBuilder::from(props)
+                    .with_actions(actions)
+                    .build(Some(snapshot), self.table.log_store(), operation)
+                    .await?;
+                self.table.state = Some(finalized.snapshot());
+                finalized.version()
+            }
+        };
+        self.version = Some(version);
         self.staged = None;
-        self.maintain(version as u64);
+        self.maintain(version);
         for t in &commit.txns {
             self.txns.insert(app_id(&self.pipeline, &t.topic, t.partition), Some(t.last));
         }
@@ -266,9 +324,6 @@ impl TableWriter {
         self.staged = None;
     }
 
-    pub fn table(&self) -> &DeltaTable {
-        &self.table
-    }
 }
 
 #[cfg(test)]
@@ -345,6 +400,47 @@ mod tests {
         let mut fresh = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
         assert_eq!(fresh.txn_version("t", 3).await.unwrap(), Some(99));
         assert_eq!(fresh.txn_version("t", 3).await.unwrap(), Some(99));
+    }
+
+    #[tokio::test]
+    async fn interleaved_writers_land_every_commit_once_past_checkpoints() {
+        // Two writers on distinct partitions: each commit of one takes the version the other
+        // expected next, so the other reloads and lands on top. Across the 50-commit
+        // checkpoints, where each writer swaps in the snapshot its maintenance brought forward.
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
+        let mut a = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        let mut b = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        let part = |p: i32, offsets: &[i64], expected| TableCommit {
+            batches: vec![rejected_rows(offsets)],
+            txns: vec![OffsetTxn { topic: "t".into(), partition: p, expected, last: *offsets.last().unwrap() }],
+        };
+        let mut expected = None;
+        for i in 0..70i64 {
+            let (x, y) = (2 * i, 2 * i + 1);
+            let got = a.commit(&part(0, &[x, y], expected)).await.unwrap();
+            assert!(matches!(got, CommitOutcome::Committed { .. }), "a at {i}: {got:?}");
+            if i % 3 == 0 {
+                let got = b.commit(&part(1, &[i], (i >= 3).then(|| i - 3))).await.unwrap();
+                assert!(matches!(got, CommitOutcome::Committed { .. }), "b at {i}: {got:?}");
+            }
+            expected = Some(y);
+        }
+        // A's own view is exact for its partition even with its snapshot behind, and it still
+        // refuses offsets that B moved.
+        assert_eq!(a.txn_version("t", 0).await.unwrap(), Some(139));
+        let stale = a.commit(&part(1, &[1000], Some(63))).await.unwrap();
+        assert!(matches!(stale, CommitOutcome::Refused { found: Some(69), .. }), "{stale:?}");
+        a.maintenance_done().await;
+        b.maintenance_done().await;
+        let latest = lake.open_or_create(TableKind::Rejected).await.unwrap().version();
+        assert_eq!(a.version(), latest);
+        let n = lake.query("SELECT count(*) FROM rejected").await.unwrap();
+        let count = deltalake::arrow::array::AsArray::as_primitive::<deltalake::arrow::datatypes::Int64Type>(n[0].column(0)).value(0);
+        assert_eq!(count, 140 + 24);
+        let mut fresh = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        assert_eq!(fresh.txn_version("t", 0).await.unwrap(), Some(139));
+        assert_eq!(fresh.txn_version("t", 1).await.unwrap(), Some(69));
     }
 
     #[tokio::test]
