@@ -1,0 +1,61 @@
+//! Reading the lake for the API: queries built from validated values only, results as JSON rows.
+
+use campo_lake::arrow::record_batch::RecordBatch;
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, Result};
+
+/// Runs `sql` over the lake, or returns no rows when a table it needs does not exist yet.
+pub async fn rows(lake: &campo_lake::Lake, needs: &[&str], sql: &str) -> Result<Vec<Map<String, Value>>> {
+    let ctx = lake.session().await?;
+    for t in needs {
+        if !ctx.table_exist(*t).map_err(ApiError::internal)? {
+            return Ok(Vec::new());
+        }
+    }
+    let batches = ctx.sql(sql).await.map_err(ApiError::internal)?.collect().await.map_err(ApiError::internal)?;
+    to_json(&batches)
+}
+
+fn to_json(batches: &[RecordBatch]) -> Result<Vec<Map<String, Value>>> {
+    let mut w = campo_lake::arrow::json::ArrayWriter::new(Vec::new());
+    let refs: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    if refs.is_empty() {
+        return Ok(Vec::new());
+    }
+    w.write_batches(&refs).map_err(ApiError::internal)?;
+    w.finish().map_err(ApiError::internal)?;
+    serde_json::from_slice(&w.into_inner()).map_err(ApiError::internal)
+}
+
+/// A region name as campo writes them (`sa-east-1`, `europe-west1`): safe to put in SQL.
+pub fn region(s: &str) -> Result<&str> {
+    if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
+        Ok(s)
+    } else {
+        Err(ApiError::bad_request("invalid_region", format!("{s:?} is not a region name ([a-z0-9_-], at most 64)")))
+    }
+}
+
+/// An RFC 3339 time from a query parameter, as microseconds since the epoch.
+pub fn time_param(name: &'static str, s: &str) -> Result<i64> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| ApiError::bad_request("invalid_time", format!("`{name}`: {s:?} is not an RFC 3339 time ({e})")))
+}
+
+/// A SQL timestamp literal for microseconds since the epoch.
+pub fn ts(us: i64) -> String {
+    format!("to_timestamp_micros({us})")
+}
+
+pub const MAX_LIMIT: usize = 200;
+
+/// `?limit=`: 1..=200, default 100.
+pub fn limit(l: Option<usize>) -> Result<usize> {
+    match l {
+        None => Ok(100),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request("invalid_limit", format!("limit {n} is out of range 1..={MAX_LIMIT}"))),
+    }
+}

@@ -1,0 +1,309 @@
+//! Router tests without a socket (`tower::ServiceExt::oneshot`) over a small lake written
+//! through campo's own writer.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use campo_lake::{Lake, TableCommit, TableKind, TableWriter};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::auth::{Keys, Scope};
+use crate::{AppState, router};
+
+const MIN: i64 = 60_000_000;
+const T0: i64 = 1_780_000_000_000_000 / MIN * MIN;
+
+fn iso(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn write(lake: &Lake, kind: TableKind, rows: Vec<Value>) {
+    let ndjson: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    let reader = campo_lake::arrow::json::ReaderBuilder::new(kind.schema()).build(std::io::Cursor::new(ndjson)).unwrap();
+    let batches = reader.collect::<Result<Vec<_>, _>>().unwrap();
+    let mut w = TableWriter::open(lake, kind, "api-test").await.unwrap();
+    w.commit(&TableCommit { batches, txns: vec![] }).await.unwrap();
+}
+
+/// Two regions, 12 windows each; sa-east-1 collapsing with an active alert and a forecast.
+async fn lake() -> (tempfile::TempDir, AppState) {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
+    let (mut metrics, mut evu) = (vec![], vec![]);
+    for region in ["sa-east-1", "eu-west-1"] {
+        for i in 0..12 {
+            let (start, end) = (T0 + i * MIN, T0 + (i + 1) * MIN);
+            let hz = if region == "sa-east-1" { 500.0 - 10.0 * i as f64 } else { 520.0 };
+            metrics.push(json!({"region": region, "window_start": iso(start), "window_end": iso(end),
+                "readings": 100 + i, "users": 50, "hz_mean": hz, "hz_p50": hz, "hz_p95": hz + 50.0,
+                "low_share": if hz < 420.0 { 0.7 } else { 0.1 }, "entropy": 0.4, "stability": 0.6,
+                "sensorial_entropy": 0.3, "mood_mean": 0.0,
+                "state": if hz < 420.0 { "collapse" } else { "neutral" }, "window_date": &iso(start)[..10]}));
+            evu.push(json!({"region": region, "window_start": iso(start), "window_end": iso(end), "requests": 10,
+                "latency": 0.9, "coherence": 0.8, "emotional": 0.9, "security": 1.0, "evu": 90.0 - i as f64,
+                "error_rate": 0.0, "latency_p95_ms": 250.0, "window_date": &iso(start)[..10]}));
+        }
+    }
+    write(&lake, TableKind::RegionMetrics1m, metrics).await;
+    write(&lake, TableKind::Evu1m, evu).await;
+    let alert = |id: &str, level: &str, prev: &str, i: i64| {
+        json!({"event_id": id, "region": "sa-east-1", "level": level, "previous_level": prev, "reason": "low_share >= 0.5",
+            "window_end": iso(T0 + i * MIN), "expires_at": iso(T0 + (i + 15) * MIN), "hz_mean": 415.0, "low_share": 0.7,
+            "p_collapse_10": 0.9, "alert_date": &iso(T0)[..10]})
+    };
+    write(&lake, TableKind::Alerts, vec![
+        alert("a1", "soft", "off", 3), alert("a2", "off", "soft", 5), alert("a3", "soft", "off", 9), alert("a4", "medium", "soft", 11),
+    ]).await;
+    let fc: Vec<Value> = [5, 10, 15, 30]
+        .iter()
+        .map(|h| json!({"region": "sa-east-1", "issued_at": iso(T0 + 12 * MIN), "horizon_min": h,
+            "target_window_end": iso(T0 + (12 + h) * MIN), "hz_forecast": 400.0, "lo80": 380.0, "hi80": 420.0,
+            "lo95": 370.0, "hi95": 430.0, "p_collapse": 0.8, "model": "leading-signals", "issued_date": &iso(T0)[..10]}))
+        .collect();
+    write(&lake, TableKind::CollapseForecast, fc).await;
+    let keys = Keys::new(&[7u8; 32], "campo");
+    (dir, AppState { lake, keys, ready: None })
+}
+
+fn token(s: &AppState, scopes: &[Scope]) -> String {
+    s.keys.mint("test", scopes, Duration::from_secs(60)).unwrap()
+}
+
+async fn call(s: &AppState, uri: &str, token: Option<&str>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut req = Request::get(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = router(s.clone()).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (parts.status, parts.headers, v)
+}
+
+fn assert_envelope(v: &Value, headers: &axum::http::HeaderMap, code: &str) {
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(v.get("details").is_some(), "{v}");
+    assert_eq!(v["trace_id"].as_str(), headers.get("x-trace-id").and_then(|h| h.to_str().ok()), "{v}");
+}
+
+#[tokio::test]
+async fn health_ready_and_unknown_routes() {
+    let (_d, s) = lake().await;
+    let (st, h, v) = call(&s, "/healthz", None).await;
+    assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("ok")));
+    assert!(h.contains_key("x-trace-id"));
+    let (st, _, v) = call(&s, "/readyz", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["checks"]["lake_reachable"], true);
+
+    let mut not_ready = s.clone();
+    not_ready.ready = Some(std::sync::Arc::new(|| vec![("kafka_assignment", false)]));
+    let (st, h, v) = call(&not_ready, "/readyz", None).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    assert_envelope(&v, &h, "unavailable");
+    assert_eq!(v["details"]["checks"]["kafka_assignment"], false);
+
+    let (st, h, v) = call(&s, "/v2/nothing", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_envelope(&v, &h, "not_found");
+
+    let resp = router(s.clone()).oneshot(Request::post("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let h = resp.headers().clone();
+    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_envelope(&v, &h, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn caller_trace_id_is_kept_and_a_hostile_one_replaced() {
+    let (_d, s) = lake().await;
+    let send = |id: &'static str| {
+        let s = s.clone();
+        async move {
+            let r = router(s).oneshot(Request::get("/healthz").header("x-trace-id", id).body(Body::empty()).unwrap()).await.unwrap();
+            r.headers()["x-trace-id"].to_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(send("abc-123").await, "abc-123");
+    let replaced = send("a b<script>").await;
+    assert_ne!(replaced, "a b<script>");
+    assert_eq!(replaced.len(), 32);
+}
+
+#[tokio::test]
+async fn regions_lists_latest_window_with_evu_and_alert_level() {
+    let (_d, s) = lake().await;
+    let t = token(&s, &[Scope::SignalsRead]);
+    let (st, _, v) = call(&s, "/v1/regions", Some(&t)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let sa = items.iter().find(|r| r["region"] == "sa-east-1").unwrap();
+    assert_eq!(sa["window_end"].as_str().unwrap(), iso(T0 + 12 * MIN));
+    assert_eq!(sa["hz_mean"], 390.0);
+    assert_eq!(sa["state"], "collapse");
+    assert_eq!(sa["evu"], 79.0);
+    assert_eq!(sa["alert_level"], "medium");
+    let eu = items.iter().find(|r| r["region"] == "eu-west-1").unwrap();
+    assert_eq!(eu["alert_level"], "off");
+    assert_eq!(eu["hz_mean"], 520.0);
+}
+
+#[tokio::test]
+async fn signals_page_through_the_series_with_a_cursor() {
+    let (_d, s) = lake().await;
+    let t = token(&s, &[Scope::SignalsRead]);
+    let mut seen = vec![];
+    let mut uri = format!("/v1/regions/sa-east-1/signals?from={}&limit=5", iso(T0 + MIN));
+    loop {
+        let (st, _, v) = call(&s, &uri, Some(&t)).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        for it in v["items"].as_array().unwrap() {
+            assert!(it.get("start_us").is_none());
+            seen.push(it["hz_mean"].as_f64().unwrap());
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => uri = format!("/v1/regions/sa-east-1/signals?from={}&limit=5&cursor={c}", iso(T0 + MIN)),
+            None => break,
+        }
+    }
+    let want: Vec<f64> = (1..12).map(|i| 500.0 - 10.0 * i as f64).collect();
+    assert_eq!(seen, want);
+
+    let (st, _, v) = call(&s, &format!("/v1/regions/sa-east-1/signals?to={}", iso(T0 + 2 * MIN)), Some(&t)).await;
+    assert_eq!((st, v["items"].as_array().unwrap().len()), (StatusCode::OK, 2));
+
+    for (uri, code, status) in [
+        ("/v1/regions/nowhere-1/signals", "not_found", StatusCode::NOT_FOUND),
+        ("/v1/regions/sa-east-1'%20OR%201=1/signals", "invalid_region", StatusCode::BAD_REQUEST),
+        ("/v1/regions/sa-east-1/signals?from=yesterday", "invalid_time", StatusCode::BAD_REQUEST),
+        ("/v1/regions/sa-east-1/signals?limit=201", "invalid_limit", StatusCode::BAD_REQUEST),
+        ("/v1/regions/sa-east-1/signals?limit=0", "invalid_limit", StatusCode::BAD_REQUEST),
+        ("/v1/regions/sa-east-1/signals?limit=many", "bad_request", StatusCode::BAD_REQUEST),
+        ("/v1/regions/sa-east-1/signals?cursor=zz", "invalid_cursor", StatusCode::BAD_REQUEST),
+    ] {
+        let (st, h, v) = call(&s, uri, Some(&t)).await;
+        assert_eq!(st, status, "{uri}: {v}");
+        assert_envelope(&v, &h, code);
+    }
+}
+
+#[tokio::test]
+async fn forecast_returns_every_horizon_of_the_latest_issue() {
+    let (_d, s) = lake().await;
+    let t = token(&s, &[Scope::SignalsRead]);
+    let (st, _, v) = call(&s, "/v1/regions/sa-east-1/forecast", Some(&t)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let hs: Vec<i64> = v["horizons"].as_array().unwrap().iter().map(|h| h["horizon_min"].as_i64().unwrap()).collect();
+    assert_eq!(hs, [5, 10, 15, 30]);
+    assert_eq!(v["model"], "leading-signals");
+    assert_eq!(v["horizons"][1]["lo80"], 380.0);
+    let (st, h, v) = call(&s, "/v1/regions/eu-west-1/forecast", Some(&t)).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_envelope(&v, &h, "not_found");
+}
+
+#[tokio::test]
+async fn alerts_history_active_and_paging() {
+    let (_d, s) = lake().await;
+    let t = token(&s, &[Scope::AlertsRead]);
+    let (st, _, v) = call(&s, "/v1/alerts?limit=3", Some(&t)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let ids: Vec<&str> = v["items"].as_array().unwrap().iter().map(|a| a["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a4", "a3", "a2"]);
+    let c = v["next_cursor"].as_str().unwrap().to_string();
+    let (_, _, v) = call(&s, &format!("/v1/alerts?limit=3&cursor={c}"), Some(&t)).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    assert_eq!(v["items"][0]["event_id"], "a1");
+    assert!(v["next_cursor"].is_null());
+    let (_, _, v) = call(&s, "/v1/alerts?active=true", Some(&t)).await;
+    let active = v["items"].as_array().unwrap();
+    assert_eq!((active.len(), active[0]["level"].as_str()), (1, Some("medium")));
+    let (_, _, v) = call(&s, "/v1/alerts?region=eu-west-1", Some(&t)).await;
+    assert!(v["items"].as_array().unwrap().is_empty());
+    let (st, h, v) = call(&s, "/v1/alerts?active=maybe", Some(&t)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_envelope(&v, &h, "bad_request");
+}
+
+#[tokio::test]
+async fn routes_refuse_bad_tokens_and_missing_scopes() {
+    let (_d, s) = lake().await;
+    let b64 = |v: &Value| {
+        use std::fmt::Write;
+        // base64url without padding, enough for hand-made hostile tokens.
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let bytes = v.to_string().into_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                let _ = out.write_char(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    };
+    let now = chrono::Utc::now().timestamp();
+    let claims = |exp: Value, aud: &str| json!({"iss": "campo", "aud": aud, "sub": "x", "scope": "admin", "iat": now, "exp": exp});
+    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims(json!(now + 60), "campo")));
+    let other_key = Keys::new(&[9u8; 32], "campo").mint("x", &[Scope::Admin], Duration::from_secs(60)).unwrap();
+    let other_aud = Keys::new(&[7u8; 32], "elsewhere").mint("x", &[Scope::Admin], Duration::from_secs(60)).unwrap();
+    let sign = |c: &Value| {
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), c, &jsonwebtoken::EncodingKey::from_secret(&[7u8; 32])).unwrap()
+    };
+    let expired = sign(&claims(json!(now - 3600), "campo"));
+    let string_exp = sign(&claims(json!((now + 3600).to_string()), "campo"));
+    for (what, tok) in [
+        ("alg none", none.as_str()),
+        ("wrong key", &other_key),
+        ("wrong audience", &other_aud),
+        ("expired", &expired),
+        ("string exp", &string_exp),
+        ("garbage", "not.a.jwt"),
+    ] {
+        let (st, h, v) = call(&s, "/v1/regions", Some(tok)).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{what}: {v}");
+        assert_envelope(&v, &h, "unauthorized");
+        assert_eq!(h["www-authenticate"], "Bearer");
+    }
+    let (st, h, v) = call(&s, "/v1/regions", None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_envelope(&v, &h, "unauthorized");
+
+    let alerts_only = token(&s, &[Scope::AlertsRead]);
+    let (st, h, v) = call(&s, "/v1/regions", Some(&alerts_only)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_envelope(&v, &h, "forbidden");
+    assert_eq!(v["details"]["required_scope"], "signals:read");
+    let signals_only = token(&s, &[Scope::SignalsRead]);
+    let (st, _, _) = call(&s, "/v1/alerts", Some(&signals_only)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let admin = token(&s, &[Scope::Admin]);
+    let (st, _, _) = call(&s, "/v1/alerts", Some(&admin)).await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+#[test]
+fn signing_key_is_created_once_owner_only_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = crate::auth::default_key_path(dir.path());
+    let a = crate::auth::load_or_create_key(&path).unwrap();
+    let b = crate::auth::load_or_create_key(&path).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 32);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let t = Keys::new(&a, "campo").mint("x", &[Scope::SignalsRead], Duration::from_secs(60)).unwrap();
+    assert!(Keys::new(&b, "campo").verify(&t).is_ok());
+    std::fs::write(&path, "zz\n").unwrap();
+    let e = crate::auth::load_or_create_key(&path).unwrap_err().to_string();
+    assert!(e.contains("api-signing.key") && e.contains("not hex"), "{e}");
+}
