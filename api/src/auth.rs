@@ -137,12 +137,12 @@ impl Principal {
 impl<S> FromRequestParts<S> for Principal
 where
     S: Send + Sync,
-    Keys: axum::extract::FromRef<S>,
+    std::sync::Arc<Keys>: axum::extract::FromRef<S>,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let keys = <Keys as axum::extract::FromRef<S>>::from_ref(state);
+        let keys = <std::sync::Arc<Keys> as axum::extract::FromRef<S>>::from_ref(state);
         let value = parts
             .headers
             .get(header::AUTHORIZATION)

@@ -1,20 +1,35 @@
 //! Reading the lake for the API: queries built from validated values only, results as JSON rows.
 
 use campo_lake::arrow::record_batch::RecordBatch;
+use campo_lake::datafusion::prelude::SessionContext;
+use campo_lake::{Lake, TableKind};
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Result};
 
-/// Runs `sql` over the lake, or returns no rows when a table it needs does not exist yet.
-pub async fn rows(lake: &campo_lake::Lake, needs: &[&str], sql: &str) -> Result<Vec<Map<String, Value>>> {
-    let ctx = lake.session().await?;
+/// A session over the tables `needs`, or `None` when one of them does not exist yet.
+pub async fn session(lake: &Lake, needs: &[TableKind]) -> Result<Option<SessionContext>> {
+    let ctx = lake.session_of(needs).await?;
     for t in needs {
-        if !ctx.table_exist(*t).map_err(ApiError::internal)? {
-            return Ok(Vec::new());
+        if !ctx.table_exist(t.name()).map_err(ApiError::internal)? {
+            return Ok(None);
         }
     }
+    Ok(Some(ctx))
+}
+
+/// Runs `sql` in a session from [`session`]; its rows as JSON objects.
+pub async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<Map<String, Value>>> {
     let batches = ctx.sql(sql).await.map_err(ApiError::internal)?.collect().await.map_err(ApiError::internal)?;
     to_json(&batches)
+}
+
+/// Runs `sql` over the tables `needs`, or returns no rows when one of them does not exist yet.
+pub async fn rows(lake: &Lake, needs: &[TableKind], sql: &str) -> Result<Vec<Map<String, Value>>> {
+    match session(lake, needs).await? {
+        Some(ctx) => query(&ctx, sql).await,
+        None => Ok(Vec::new()),
+    }
 }
 
 fn to_json(batches: &[RecordBatch]) -> Result<Vec<Map<String, Value>>> {

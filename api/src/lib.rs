@@ -28,13 +28,13 @@ pub type ReadyCheck = Arc<dyn Fn() -> Vec<(&'static str, bool)> + Send + Sync>;
 #[derive(Clone)]
 pub struct AppState {
     pub lake: Lake,
-    pub keys: Keys,
+    pub keys: Arc<Keys>,
     /// Conditions beyond "the lake is reachable" that `/readyz` must see true.
     pub ready: Option<ReadyCheck>,
 }
 
-impl FromRef<AppState> for Keys {
-    fn from_ref(s: &AppState) -> Keys {
+impl FromRef<AppState> for Arc<Keys> {
+    fn from_ref(s: &AppState) -> Arc<Keys> {
         s.keys.clone()
     }
 }

@@ -11,6 +11,7 @@ use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Result};
 use crate::lakeq::{self, limit, region, time_param, ts};
 use crate::AppState;
+use campo_lake::TableKind;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -34,7 +35,7 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
 async fn lake_reachable(lake: &campo_lake::Lake) -> bool {
     match lake.local_root() {
         Some(p) => tokio::fs::metadata(&p).await.is_ok_and(|m| m.is_dir()),
-        None => lake.open(campo_lake::TableKind::RegionMetrics1m.name()).await.is_ok(),
+        None => lake.open(TableKind::RegionMetrics1m.name()).await.is_ok(),
     }
 }
 
@@ -52,7 +53,7 @@ pub async fn regions(State(s): State<AppState>, p: Principal) -> Result<Json<Val
     let lake = &s.lake;
     let latest = lakeq::rows(
         lake,
-        &["region_metrics_1m", "evu_1m"],
+        &[TableKind::RegionMetrics1m, TableKind::Evu1m],
         &format!(
             "SELECT {WINDOW_COLUMNS}, {EVU_COLUMNS} FROM \
                (SELECT *, row_number() OVER (PARTITION BY region ORDER BY window_end DESC) AS rn FROM region_metrics_1m) m \
@@ -63,7 +64,7 @@ pub async fn regions(State(s): State<AppState>, p: Principal) -> Result<Json<Val
     .await?;
     let levels = lakeq::rows(
         lake,
-        &["alerts"],
+        &[TableKind::Alerts],
         "SELECT region, level, reason, window_end AS since, expires_at FROM \
            (SELECT *, row_number() OVER (PARTITION BY region ORDER BY window_end DESC, event_id DESC) AS rn FROM alerts) \
          WHERE rn = 1",
@@ -112,10 +113,13 @@ pub async fn signals(
         let after: i64 = c.parse().map_err(|_| ApiError::bad_request("invalid_cursor", "cursor is not one this API returned"))?;
         filter += &format!(" AND m.window_start > {}", ts(after));
     }
-    known_region(&s, r).await?;
-    let rows = lakeq::rows(
-        &s.lake,
-        &["region_metrics_1m", "evu_1m"],
+    let not_found = || ApiError::not_found(format!("no windows for region {r:?}")).with_details(json!({"region": r}));
+    let ctx = lakeq::session(&s.lake, &[TableKind::RegionMetrics1m, TableKind::Evu1m]).await?.ok_or_else(not_found)?;
+    if lakeq::query(&ctx, &format!("SELECT 1 AS one FROM region_metrics_1m WHERE region = '{r}' LIMIT 1")).await?.is_empty() {
+        return Err(not_found());
+    }
+    let rows = lakeq::query(
+        &ctx,
         &format!(
             "SELECT {WINDOW_COLUMNS}, {EVU_COLUMNS}, CAST(m.window_start AS BIGINT) AS start_us \
              FROM region_metrics_1m m LEFT JOIN evu_1m e ON e.region = m.region AND e.window_end = m.window_end \
@@ -148,22 +152,13 @@ fn page(
     (items, next)
 }
 
-async fn known_region(s: &AppState, r: &str) -> Result<()> {
-    let found = lakeq::rows(&s.lake, &["region_metrics_1m"], &format!("SELECT 1 AS one FROM region_metrics_1m WHERE region = '{r}' LIMIT 1")).await?;
-    if found.is_empty() {
-        Err(ApiError::not_found(format!("no windows for region {r:?}")).with_details(json!({"region": r})))
-    } else {
-        Ok(())
-    }
-}
-
 /// `GET /v1/regions/{region}/forecast`: the latest forecast, every horizon with its intervals.
 pub async fn forecast(State(s): State<AppState>, p: Principal, Path(r): Path<String>) -> Result<Json<Value>> {
     p.require(Scope::SignalsRead)?;
     let r = region(&r)?;
     let rows = lakeq::rows(
         &s.lake,
-        &["collapse_forecast"],
+        &[TableKind::CollapseForecast],
         &format!(
             "SELECT horizon_min, target_window_end, hz_forecast, lo80, hi80, lo95, hi95, p_collapse, model, issued_at \
              FROM collapse_forecast WHERE region = '{r}' AND issued_at = \
@@ -225,7 +220,7 @@ pub async fn alerts(State(s): State<AppState>, p: Principal, Query(q): Query<Ale
     };
     let rows = lakeq::rows(
         &s.lake,
-        &["alerts"],
+        &[TableKind::Alerts],
         &format!(
             "SELECT event_id, region, level, previous_level, reason, window_end, expires_at, hz_mean, low_share, \
                p_collapse_10, CAST(window_end AS BIGINT) AS end_us \

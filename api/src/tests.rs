@@ -64,7 +64,7 @@ async fn lake() -> (tempfile::TempDir, AppState) {
             "lo95": 370.0, "hi95": 430.0, "p_collapse": 0.8, "model": "leading-signals", "issued_date": &iso(T0)[..10]}))
         .collect();
     write(&lake, TableKind::CollapseForecast, fc).await;
-    let keys = Keys::new(&[7u8; 32], "campo");
+    let keys = std::sync::Arc::new(Keys::new(&[7u8; 32], "campo"));
     (dir, AppState { lake, keys, ready: None })
 }
 

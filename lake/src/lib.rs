@@ -16,3 +16,4 @@ pub use writer::{CommitOutcome, OffsetTxn, TableCommit, TableWriter, app_id};
 
 /// Re-exported so callers build batches with the same Arrow as the lake.
 pub use deltalake::arrow;
+pub use deltalake::datafusion;

@@ -20,9 +20,19 @@ impl Lake {
     /// [`Lake::session`] with some tables read as of a version (time travel), e.g. to read
     /// exactly what a writer had committed at some point.
     pub async fn session_at(&self, pinned: &[(TableKind, u64)]) -> Result<SessionContext> {
+        self.session_with(&TableKind::ALL, pinned).await
+    }
+
+    /// A session with only `kinds` registered (those that exist): a query that needs two small
+    /// tables does not open the bronze logs.
+    pub async fn session_of(&self, kinds: &[TableKind]) -> Result<SessionContext> {
+        self.session_with(kinds, &[]).await
+    }
+
+    async fn session_with(&self, kinds: &[TableKind], pinned: &[(TableKind, u64)]) -> Result<SessionContext> {
         let ctx = SessionContext::new();
         campo_udfs::register(&ctx, [1.0; 4]);
-        for kind in TableKind::ALL {
+        for &kind in kinds {
             let name = kind.name();
             let table = match pinned.iter().find(|(k, _)| *k == kind) {
                 Some((_, v)) => self.open_at(name, *v).await,
