@@ -48,6 +48,10 @@ pub enum Command {
     /// Score the collapse forecast on history (a lake, or a simulated scenario) against
     /// persistence and the damped trend: Brier skill, calibration, lead times.
     Backtest(crate::backtest_cmd::BacktestArgs),
+    /// Serve the HTTP API and dashboard over an existing lake (no Kafka needed).
+    Serve(crate::api_cmd::ServeArgs),
+    /// Mint an API token signed with the lake's key; prints the token on stdout.
+    Token(crate::api_cmd::TokenArgs),
 }
 
 /// Flags shared by every command that runs the pipeline.
@@ -84,6 +88,9 @@ pub struct PipelineArgs {
     /// Prometheus /metrics address, empty to disable [config: metrics.listen].
     #[arg(long, env = "CAMPO__METRICS__LISTEN")]
     pub metrics_listen: Option<String>,
+    /// HTTP API and dashboard address, empty to disable [config: api.listen].
+    #[arg(long, env = "CAMPO__API__LISTEN")]
+    pub api_listen: Option<String>,
     /// Extra librdkafka property KEY=VALUE, repeatable [config: kafka.properties.KEY].
     #[arg(long = "kafka-property", short = 'X', value_name = "KEY=VALUE")]
     pub kafka_properties: Vec<String>,

@@ -11,6 +11,9 @@ use campo_pipelines::simulate::Simulator;
 use clap::Args;
 use rdkafka::mocking::MockCluster;
 
+use campo_api::Scope;
+
+use crate::api_cmd;
 use crate::simulate_cmd::{self, SimulateArgs};
 
 #[derive(Args, Debug)]
@@ -30,6 +33,9 @@ pub struct DemoArgs {
     /// Prometheus /metrics address, empty to disable.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics_listen: String,
+    /// HTTP API and dashboard address, empty to disable.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub api_listen: String,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }
@@ -42,13 +48,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     cfg.kafka.group_id = "campo-demo".into();
     cfg.lake.path = args.lake.clone();
     cfg.metrics.listen = args.metrics_listen.clone();
+    cfg.api.listen = args.api_listen.clone();
     cfg.validate()?;
     for (t, p) in [(&cfg.kafka.readings_topic, 4), (&cfg.kafka.activity_topic, 4), (&cfg.kafka.dlq_topic, 1), (&cfg.protect.topic, 1)] {
         cluster.create_topic(t, p, 1)?;
     }
-    crate::run_cmd::serve_metrics(&cfg)?;
+    let metrics = crate::run_cmd::install_metrics(&cfg)?;
     let stats = Arc::new(Stats::default());
     let shutdown = Shutdown::default();
+    let api = if cfg.api.listen.is_empty() {
+        None
+    } else {
+        let state = api_cmd::state(&cfg, Some(api_cmd::ready_check(stats.clone())), Some(metrics))?;
+        let token = state
+            .keys
+            .mint("campo-demo", &[Scope::SignalsRead, Scope::AlertsRead, Scope::SqlQuery], Duration::from_secs(7 * 24 * 3600))
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        Some((api_cmd::start(&cfg.api.listen, state, shutdown.clone()).await?, token))
+    };
     crate::run_cmd::stop_on_signal(shutdown.clone());
     println!("campo demo: embedded Kafka at {brokers}, writing the lake to {}", args.lake);
     println!(
@@ -57,6 +74,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.rate, args.speed
     );
     println!("  forecasts appear once a region has 10 closed windows; protective-mode changes go to `{}`", cfg.protect.topic);
+    if let Some((api, token)) = &api {
+        let base = format!("http://{}", api.addr);
+        println!("  the API is at {base}/ (readiness {base}/readyz, metrics {base}/metrics); try it with this token (7 days,");
+        println!("  signals:read alerts:read sql:query; `campo token --lake {} --scope ...` mints more):", args.lake);
+        println!("    curl -s -H 'Authorization: Bearer {token}' {base}/v1/regions");
+    }
     println!("  Ctrl-C stops cleanly with everything committed.\n");
 
     let sim_args = SimulateArgs {
@@ -116,8 +139,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         });
     }
     let progress = tokio::spawn(show_progress(stats.clone()));
-    let result = ingest::run(cfg.clone(), stats.clone(), shutdown).await;
+    let result = ingest::run(cfg.clone(), stats.clone(), shutdown.clone()).await;
     progress.abort();
+    shutdown.trigger();
+    if let Some((api, _)) = api {
+        api.stop().await;
+    }
     sim_stop.trigger();
     let _ = tokio::task::spawn_blocking(move || producer_thread.join()).await;
     result?;

@@ -80,6 +80,9 @@ fn apply_flags(cfg: &mut Config, a: &PipelineArgs) -> anyhow::Result<()> {
     if let Some(v) = &a.metrics_listen {
         cfg.metrics.listen = v.clone();
     }
+    if let Some(v) = &a.api_listen {
+        cfg.api.listen = v.clone();
+    }
     for kv in &a.kafka_properties {
         let (k, v) = kv
             .split_once('=')

@@ -1,5 +1,6 @@
 //! `campo`: the command-line entry point.
 
+mod api_cmd;
 mod backtest_cmd;
 mod cli;
 mod demo;
@@ -39,6 +40,8 @@ fn main() -> ExitCode {
             Command::Simulate(args) => simulate_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Backtest(args) => backtest_cmd::run(args).await,
+            Command::Serve(args) => api_cmd::serve(args).await,
+            Command::Token(args) => api_cmd::token(args).await,
         }
     });
     match result {

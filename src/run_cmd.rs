@@ -7,6 +7,7 @@ use std::time::Duration;
 use campo_pipelines::Config;
 use campo_pipelines::ingest::{self, Shutdown, Stats};
 
+use crate::api_cmd;
 use crate::cli::RunArgs;
 use crate::load_config;
 
@@ -16,30 +17,57 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&cfg)?);
         return Ok(());
     }
-    serve_metrics(&cfg)?;
+    let metrics = install_metrics(&cfg)?;
     let stats = Arc::new(Stats::default());
     let shutdown = Shutdown::default();
+    let api = if cfg.api.listen.is_empty() {
+        None
+    } else {
+        let state = api_cmd::state(&cfg, Some(api_cmd::ready_check(stats.clone())), Some(metrics))?;
+        Some(api_cmd::start(&cfg.api.listen, state, shutdown.clone()).await?)
+    };
     stop_on_signal(shutdown.clone());
     let progress = tokio::spawn(log_progress(stats.clone(), Duration::from_secs(10)));
-    let result = ingest::run(cfg, stats.clone(), shutdown).await;
+    let result = ingest::run(cfg, stats.clone(), shutdown.clone()).await;
     progress.abort();
+    shutdown.trigger();
+    if let Some(api) = api {
+        api.stop().await;
+    }
     result?;
     tracing::info!(committed = stats.committed_total(), "stopped; everything consumed is committed");
     Ok(())
 }
 
-/// Starts the Prometheus endpoint when `metrics.listen` is set.
-pub fn serve_metrics(cfg: &Config) -> anyhow::Result<()> {
-    if cfg.metrics.listen.is_empty() {
-        return Ok(());
-    }
-    let addr: std::net::SocketAddr = cfg.metrics.listen.parse()?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|e| anyhow::anyhow!("metrics endpoint on {addr} (config key `metrics.listen`): {e}"))?;
-    tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
-    Ok(())
+/// Installs the Prometheus recorder: its text is served at the API's `/metrics`, and also on
+/// `metrics.listen` when that is set (for scrapers that should not reach the API).
+pub fn install_metrics(cfg: &Config) -> anyhow::Result<campo_api::MetricsRender> {
+    let builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+    let handle = if cfg.metrics.listen.is_empty() {
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                upkeep.run_upkeep();
+            }
+        });
+        handle
+    } else {
+        let addr: std::net::SocketAddr = cfg.metrics.listen.parse()?;
+        let (recorder, exporter) = builder
+            .with_http_listener(addr)
+            .build()
+            .map_err(|e| anyhow::anyhow!("metrics endpoint on {addr} (config key `metrics.listen`): {e}"))?;
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+        tokio::spawn(exporter);
+        tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+        handle
+    };
+    Ok(std::sync::Arc::new(move || handle.render()))
 }
 
 /// Ctrl-C or SIGTERM: stop consuming, commit what is buffered, exit 0.

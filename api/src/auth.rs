@@ -174,13 +174,7 @@ pub struct KeyFileError {
 pub fn load_or_create_key(path: &Path) -> Result<Vec<u8>, KeyFileError> {
     let err = |reason: String| KeyFileError { path: path.to_path_buf(), reason };
     match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let key = decode_hex(text.trim()).ok_or_else(|| err("is not hex".into()))?;
-            if key.len() < 32 {
-                return Err(err(format!("holds {} bytes; at least 32 are needed", key.len())));
-            }
-            Ok(key)
-        }
+        Ok(text) => parse_key(path, &text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create its folder: {e}")))?;
@@ -204,6 +198,22 @@ pub fn load_or_create_key(path: &Path) -> Result<Vec<u8>, KeyFileError> {
         }
         Err(e) => Err(err(format!("cannot read: {e}"))),
     }
+}
+
+/// Reads the key at `path` (a configured key: never created).
+pub fn load_key(path: &Path) -> Result<Vec<u8>, KeyFileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| KeyFileError { path: path.to_path_buf(), reason: format!("cannot read: {e}") })?;
+    parse_key(path, &text)
+}
+
+fn parse_key(path: &Path, text: &str) -> Result<Vec<u8>, KeyFileError> {
+    let err = |reason: String| KeyFileError { path: path.to_path_buf(), reason };
+    let key = decode_hex(text.trim()).ok_or_else(|| err("is not hex".into()))?;
+    if key.len() < 32 {
+        return Err(err(format!("holds {} bytes; at least 32 are needed", key.len())));
+    }
+    Ok(key)
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

@@ -93,8 +93,12 @@ pub async fn trace(mut req: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     req.extensions_mut().insert(TraceId(trace_id.clone()));
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
+    let started = std::time::Instant::now();
     let mut resp = next.run(req).await;
     let status = resp.status();
+    metrics::histogram!("campo_api_request_seconds", "route" => route.clone()).record(started.elapsed().as_secs_f64());
+    metrics::counter!("campo_api_requests_total", "route" => route, "status" => status.as_u16().to_string()).increment(1);
     let err = match resp.extensions_mut().remove::<ApiError>() {
         Some(e) => Some(e),
         None if status.is_client_error() || status.is_server_error() => {

@@ -7,7 +7,9 @@
 pub mod auth;
 pub mod error;
 mod lakeq;
+pub mod live;
 mod routes;
+mod sql;
 #[cfg(test)]
 mod tests;
 
@@ -15,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::get;
+use axum::routing::{get, post};
 use campo_lake::Lake;
 
 pub use auth::{Keys, Scope};
@@ -24,6 +26,34 @@ pub use error::{ApiError, Result};
 /// One readiness condition the embedding process reports (e.g. "kafka assignment held").
 pub type ReadyCheck = Arc<dyn Fn() -> Vec<(&'static str, bool)> + Send + Sync>;
 
+/// The Prometheus text of the process's metrics, rendered by whoever installed the recorder.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The API's limits (config section `[api]`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Average requests per second per caller; 0 disables rate limiting.
+    pub rate_per_s: u32,
+    pub burst: u32,
+    pub max_body_bytes: usize,
+    pub sql_memory_bytes: usize,
+    pub sql_timeout: std::time::Duration,
+    pub sql_max_rows: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            rate_per_s: 200,
+            burst: 400,
+            max_body_bytes: 64 * 1024,
+            sql_memory_bytes: 256 << 20,
+            sql_timeout: std::time::Duration::from_secs(30),
+            sql_max_rows: 100_000,
+        }
+    }
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -31,6 +61,18 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     /// Conditions beyond "the lake is reachable" that `/readyz` must see true.
     pub ready: Option<ReadyCheck>,
+    /// Serves `/metrics` when set.
+    pub metrics: Option<MetricsRender>,
+    pub limits: Limits,
+    /// The signals kept in memory and the event stream.
+    pub live: Arc<live::Live>,
+}
+
+impl AppState {
+    /// A state over `lake` with no readiness checks beyond the lake, no metrics, default limits.
+    pub fn new(lake: Lake, keys: Keys) -> Self {
+        Self { live: live::Live::new(lake.clone()), lake, keys: Arc::new(keys), ready: None, metrics: None, limits: Limits::default() }
+    }
 }
 
 impl FromRef<AppState> for Arc<Keys> {
@@ -44,11 +86,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
         .route("/v1/regions", get(routes::regions))
         .route("/v1/regions/{region}/signals", get(routes::signals))
         .route("/v1/regions/{region}/forecast", get(routes::forecast))
         .route("/v1/alerts", get(routes::alerts))
+        .route("/v1/stream", get(routes::stream))
+        .route("/v1/sql", post(sql::sql))
         .fallback(routes::no_route)
+        .layer(axum::extract::DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)
         .layer(axum::middleware::from_fn(error::trace))
 }
@@ -59,5 +105,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let live = state.live.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            live.close(); // ends the open event streams, so their connections can close
+        })
+        .await
 }

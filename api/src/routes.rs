@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -10,6 +11,7 @@ use serde_json::{Value, json};
 use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Result};
 use crate::lakeq::{self, limit, region, time_param, ts};
+use crate::live::{self, Event, EventId, EventKind, Live, EVU_COLUMNS, WINDOW_COLUMNS};
 use crate::AppState;
 use campo_lake::TableKind;
 
@@ -32,6 +34,13 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
+/// `GET /metrics`: the process's Prometheus metrics (no token, as scrapers expect).
+pub async fn metrics(State(s): State<AppState>) -> Result<Response> {
+    let render = s.metrics.as_ref().ok_or_else(|| ApiError::not_found("metrics are not enabled in this process"))?;
+    let text = render();
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
 async fn lake_reachable(lake: &campo_lake::Lake) -> bool {
     match lake.local_root() {
         Some(p) => tokio::fs::metadata(&p).await.is_ok_and(|m| m.is_dir()),
@@ -43,44 +52,101 @@ pub async fn no_route() -> ApiError {
     ApiError::not_found("no such route; see /openapi.json")
 }
 
-const WINDOW_COLUMNS: &str = "m.region, m.window_start, m.window_end, m.readings, m.users, m.hz_mean, m.hz_p50, \
-     m.hz_p95, m.low_share, m.entropy, m.stability, m.sensorial_entropy, m.mood_mean, m.state";
-const EVU_COLUMNS: &str = "e.evu, e.latency, e.coherence, e.emotional, e.security, e.error_rate, e.latency_p95_ms";
-
-/// `GET /v1/regions`: every region's latest closed window, its EVU and its alert level.
-pub async fn regions(State(s): State<AppState>, p: Principal) -> Result<Json<Value>> {
+/// `GET /v1/regions`: every region's latest closed window, its EVU, its alert level and its
+/// 10-minute forecast, from the live view (at most one poll interval old; no query).
+pub async fn regions(State(s): State<AppState>, p: Principal) -> Result<Response> {
     p.require(Scope::SignalsRead)?;
-    let lake = &s.lake;
-    let latest = lakeq::rows(
-        lake,
-        &[TableKind::RegionMetrics1m, TableKind::Evu1m],
-        &format!(
-            "SELECT {WINDOW_COLUMNS}, {EVU_COLUMNS} FROM \
-               (SELECT *, row_number() OVER (PARTITION BY region ORDER BY window_end DESC) AS rn FROM region_metrics_1m) m \
-             LEFT JOIN evu_1m e ON e.region = m.region AND e.window_end = m.window_end \
-             WHERE m.rn = 1 ORDER BY m.region"
+    let body = s.live.regions().await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /v1/stream`: Server-Sent Events `window` (each region's closed window, with `signals:read`)
+/// and `alert` (each protective-level change, with `alerts:read` too), in lake order. A client
+/// that sends `Last-Event-ID` gets everything after that event first, read from the lake.
+pub async fn stream(State(s): State<AppState>, p: Principal, headers: HeaderMap) -> Result<Response> {
+    p.require(Scope::SignalsRead)?;
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("invalid_last_event_id", "Last-Event-ID is not ASCII"))?
+                .parse::<EventId>()?,
         ),
-    )
-    .await?;
-    let levels = lakeq::rows(
-        lake,
-        &[TableKind::Alerts],
-        "SELECT region, level, reason, window_end AS since, expires_at FROM \
-           (SELECT *, row_number() OVER (PARTITION BY region ORDER BY window_end DESC, event_id DESC) AS rn FROM alerts) \
-         WHERE rn = 1",
-    )
-    .await?;
-    let items: Vec<Value> = latest
-        .into_iter()
-        .map(|mut row| {
-            let alert = levels.iter().find(|a| a.get("region") == row.get("region"));
-            let level = alert.and_then(|a| a.get("level")).cloned().unwrap_or(json!("off"));
-            row.insert("alert_level".into(), level);
-            row.insert("alert".into(), alert.map_or(Value::Null, |a| json!(a)));
-            Value::Object(row)
-        })
-        .collect();
-    Ok(Json(json!({"items": items})))
+        None => None,
+    };
+    // Subscribe before reading the position: nothing committed in between is missed.
+    let rx = s.live.subscribe();
+    let now = s.live.position().await?;
+    let (last, catching_up) = match resume {
+        Some(id) => (id, true),
+        None => (now.unwrap_or(EventId { window_end_us: i64::MIN, kind: EventKind::Window, key: String::new() }), false),
+    };
+    let st = StreamState {
+        closed: s.live.closed(),
+        live: s.live.clone(),
+        rx,
+        last,
+        backlog: std::collections::VecDeque::new(),
+        catching_up,
+        alerts: p.has(Scope::AlertsRead),
+    };
+    let events = futures::stream::unfold(st, |mut st| async move {
+        let e = st.next().await?;
+        let sse = SseEvent::default().id(e.id.to_string()).event(e.id.kind.name()).data(&e.data);
+        Some((Ok::<_, std::convert::Infallible>(sse), st))
+    });
+    let mut resp = Sse::new(events).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}
+
+struct StreamState {
+    live: std::sync::Arc<Live>,
+    rx: tokio::sync::broadcast::Receiver<std::sync::Arc<Event>>,
+    closed: tokio::sync::watch::Receiver<bool>,
+    /// The last event sent (or the position the stream began at).
+    last: EventId,
+    backlog: std::collections::VecDeque<std::sync::Arc<Event>>,
+    /// Reading the lake page by page until the stream has reached the live view.
+    catching_up: bool,
+    /// Whether the caller may see alerts.
+    alerts: bool,
+}
+
+impl StreamState {
+    /// The next event to send, or `None` when the stream ends (shutdown, or the lake failed
+    /// while catching up: the client resumes with `Last-Event-ID`).
+    async fn next(&mut self) -> Option<std::sync::Arc<Event>> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            if *self.closed.borrow() {
+                return None;
+            }
+            if let Some(e) = self.backlog.pop_front() {
+                if e.id <= self.last {
+                    continue;
+                }
+                self.last = e.id.clone();
+                if e.id.kind == EventKind::Alert && !self.alerts {
+                    continue;
+                }
+                return Some(e);
+            }
+            if self.catching_up {
+                let page = self.live.events_after(&self.last, live::PAGE).await.ok()?;
+                self.catching_up = page.len() == live::PAGE;
+                self.backlog.extend(page.into_iter().map(std::sync::Arc::new));
+                continue;
+            }
+            tokio::select! {
+                _ = self.closed.changed() => {}
+                r = self.rx.recv() => match r {
+                    Ok(e) => self.backlog.push_back(e),
+                    Err(RecvError::Lagged(_)) => self.catching_up = true,
+                    Err(RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

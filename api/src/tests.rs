@@ -28,6 +28,27 @@ async fn write(lake: &Lake, kind: TableKind, rows: Vec<Value>) {
     w.commit(&TableCommit { batches, txns: vec![] }).await.unwrap();
 }
 
+/// The `region_metrics_1m` and `evu_1m` rows of window `i` (ending at `T0 + (i + 1) min`).
+fn window(region: &str, i: i64, hz: f64) -> (Value, Value) {
+    let (start, end) = (T0 + i * MIN, T0 + (i + 1) * MIN);
+    let m = json!({"region": region, "window_start": iso(start), "window_end": iso(end),
+        "readings": 100 + i, "users": 50, "hz_mean": hz, "hz_p50": hz, "hz_p95": hz + 50.0,
+        "low_share": if hz < 420.0 { 0.7 } else { 0.1 }, "entropy": 0.4, "stability": 0.6,
+        "sensorial_entropy": 0.3, "mood_mean": 0.0,
+        "state": if hz < 420.0 { "collapse" } else { "neutral" }, "window_date": &iso(start)[..10]});
+    let e = json!({"region": region, "window_start": iso(start), "window_end": iso(end), "requests": 10,
+        "latency": 0.9, "coherence": 0.8, "emotional": 0.9, "security": 1.0, "evu": 90.0 - i as f64,
+        "error_rate": 0.0, "latency_p95_ms": 250.0, "window_date": &iso(start)[..10]});
+    (m, e)
+}
+
+/// Commits window `i` of every region in `hz`: the windows, then their EVU (as a close does).
+async fn close_window(s: &AppState, i: i64, hz: &[(&str, f64)]) {
+    let (m, e): (Vec<Value>, Vec<Value>) = hz.iter().map(|(r, hz)| window(r, i, *hz)).unzip();
+    write(&s.lake, TableKind::RegionMetrics1m, m).await;
+    write(&s.lake, TableKind::Evu1m, e).await;
+}
+
 /// Two regions, 12 windows each; sa-east-1 collapsing with an active alert and a forecast.
 async fn lake() -> (tempfile::TempDir, AppState) {
     let dir = tempfile::tempdir().unwrap();
@@ -35,16 +56,10 @@ async fn lake() -> (tempfile::TempDir, AppState) {
     let (mut metrics, mut evu) = (vec![], vec![]);
     for region in ["sa-east-1", "eu-west-1"] {
         for i in 0..12 {
-            let (start, end) = (T0 + i * MIN, T0 + (i + 1) * MIN);
             let hz = if region == "sa-east-1" { 500.0 - 10.0 * i as f64 } else { 520.0 };
-            metrics.push(json!({"region": region, "window_start": iso(start), "window_end": iso(end),
-                "readings": 100 + i, "users": 50, "hz_mean": hz, "hz_p50": hz, "hz_p95": hz + 50.0,
-                "low_share": if hz < 420.0 { 0.7 } else { 0.1 }, "entropy": 0.4, "stability": 0.6,
-                "sensorial_entropy": 0.3, "mood_mean": 0.0,
-                "state": if hz < 420.0 { "collapse" } else { "neutral" }, "window_date": &iso(start)[..10]}));
-            evu.push(json!({"region": region, "window_start": iso(start), "window_end": iso(end), "requests": 10,
-                "latency": 0.9, "coherence": 0.8, "emotional": 0.9, "security": 1.0, "evu": 90.0 - i as f64,
-                "error_rate": 0.0, "latency_p95_ms": 250.0, "window_date": &iso(start)[..10]}));
+            let (m, e) = window(region, i, hz);
+            metrics.push(m);
+            evu.push(e);
         }
     }
     write(&lake, TableKind::RegionMetrics1m, metrics).await;
@@ -64,8 +79,7 @@ async fn lake() -> (tempfile::TempDir, AppState) {
             "lo95": 370.0, "hi95": 430.0, "p_collapse": 0.8, "model": "leading-signals", "issued_date": &iso(T0)[..10]}))
         .collect();
     write(&lake, TableKind::CollapseForecast, fc).await;
-    let keys = std::sync::Arc::new(Keys::new(&[7u8; 32], "campo"));
-    (dir, AppState { lake, keys, ready: None })
+    (dir, AppState::new(lake, Keys::new(&[7u8; 32], "campo")))
 }
 
 fn token(s: &AppState, scopes: &[Scope]) -> String {
@@ -111,6 +125,15 @@ async fn health_ready_and_unknown_routes() {
     let (st, h, v) = call(&s, "/v2/nothing", None).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_envelope(&v, &h, "not_found");
+
+    let (st, h, v) = call(&s, "/metrics", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "no recorder in this process: {v}");
+    assert_envelope(&v, &h, "not_found");
+    let mut with_metrics = s.clone();
+    with_metrics.metrics = Some(std::sync::Arc::new(|| "campo_consumed_total 7\n".to_string()));
+    let (st, h, v) = call(&with_metrics, "/metrics", None).await;
+    assert_eq!((st, v.as_str()), (StatusCode::OK, Some("campo_consumed_total 7\n")));
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
 
     let resp = router(s.clone()).oneshot(Request::post("/healthz").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
@@ -306,4 +329,328 @@ fn signing_key_is_created_once_owner_only_and_reused() {
     std::fs::write(&path, "zz\n").unwrap();
     let e = crate::auth::load_or_create_key(&path).unwrap_err().to_string();
     assert!(e.contains("api-signing.key") && e.contains("not hex"), "{e}");
+}
+
+#[tokio::test]
+async fn regions_follow_new_windows_from_the_live_view() {
+    let (_d, s) = lake().await;
+    let t = token(&s, &[Scope::SignalsRead]);
+    let (_, _, v) = call(&s, "/v1/regions", Some(&t)).await;
+    let sa = v["items"].as_array().unwrap().iter().find(|r| r["region"] == "sa-east-1").unwrap().clone();
+    assert_eq!(sa["forecast_10"]["hz_forecast"], 400.0, "{sa}");
+    assert_eq!(sa["forecast_10"]["lo80"], 380.0);
+    close_window(&s, 12, &[("sa-east-1", 300.0), ("eu-west-1", 525.0)]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, _, v) = call(&s, "/v1/regions", Some(&t)).await;
+        assert_eq!(st, StatusCode::OK);
+        let sa = v["items"].as_array().unwrap().iter().find(|r| r["region"] == "sa-east-1").unwrap().clone();
+        if sa["window_end"].as_str() == Some(&iso(T0 + 13 * MIN)) {
+            assert_eq!(sa["hz_mean"], 300.0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the live view never saw the new window: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Opens `/v1/stream` and returns a reader of its events `(id, event, data)`.
+async fn open_stream(s: &AppState, token: &str, last_event_id: Option<&str>) -> (StatusCode, axum::body::Body) {
+    let mut req = Request::get("/v1/stream").header("authorization", format!("Bearer {token}"));
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let resp = router(s.clone()).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let status = resp.status();
+    (status, resp.into_body())
+}
+
+/// Reads SSE events until `n` are in or `limit` passes.
+async fn read_events(body: &mut axum::body::Body, n: usize, limit: Duration) -> Vec<(String, String, Value)> {
+    let mut buf = String::new();
+    let mut out = vec![];
+    let deadline = tokio::time::Instant::now() + limit;
+    while out.len() < n {
+        let Ok(Some(frame)) = tokio::time::timeout_at(deadline, body.frame()).await else { break };
+        let Ok(data) = frame.unwrap().into_data() else { continue };
+        buf.push_str(std::str::from_utf8(&data).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut id, mut ev, mut data) = (String::new(), String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().into();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    ev = v.trim().into();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if !id.is_empty() {
+                out.push((id, ev, serde_json::from_str(&data).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn stream_resumes_from_last_event_id_then_goes_live() {
+    let (_d, s) = lake().await;
+    let t = token(&s, &[Scope::SignalsRead, Scope::AlertsRead]);
+    let after = format!("{}-w-sa-east-1", T0 + 10 * MIN);
+    let (st, mut body) = open_stream(&s, &t, Some(&after)).await;
+    assert_eq!(st, StatusCode::OK);
+    let got = read_events(&mut body, 5, Duration::from_secs(10)).await;
+    let ids: Vec<&str> = got.iter().map(|(id, _, _)| id.as_str()).collect();
+    let w = |i: i64, r: &str| format!("{}-w-{r}", T0 + i * MIN);
+    assert_eq!(ids, [w(11, "eu-west-1"), w(11, "sa-east-1"), format!("{}-a-a4", T0 + 11 * MIN), w(12, "eu-west-1"), w(12, "sa-east-1")]);
+    assert_eq!(got[2].1, "alert");
+    assert_eq!(got[2].2["level"], "medium");
+    assert_eq!(got[1].1, "window");
+    assert_eq!(got[1].2["hz_mean"], 400.0);
+    assert_eq!(got[1].2["evu"], 80.0);
+    // Then live: a window committed now arrives on the open stream.
+    close_window(&s, 12, &[("sa-east-1", 300.0), ("eu-west-1", 525.0)]).await;
+    let got = read_events(&mut body, 2, Duration::from_secs(10)).await;
+    let ids: Vec<&str> = got.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, [w(13, "eu-west-1"), w(13, "sa-east-1")]);
+    assert_eq!(got[1].2["hz_mean"], 300.0);
+}
+
+#[tokio::test]
+async fn stream_without_last_event_id_starts_now_and_hides_alerts_without_the_scope() {
+    let (_d, s) = lake().await;
+    let t = token(&s, &[Scope::SignalsRead]);
+    let (st, mut body) = open_stream(&s, &t, None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(read_events(&mut body, 1, Duration::from_millis(800)).await.is_empty(), "no history without Last-Event-ID");
+    // From before the alert at window 11: windows only, the alert is not this token's to see.
+    let (_, mut body) = open_stream(&s, &t, Some(&format!("{}-w-sa-east-1", T0 + 10 * MIN))).await;
+    let got = read_events(&mut body, 4, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 4);
+    assert!(got.iter().all(|(_, ev, _)| ev == "window"), "{got:?}");
+
+    for bad in ["nonsense", "12-x-sa-east-1", "12-w-", "12-w-sa'east"] {
+        let resp = router(s.clone())
+            .oneshot(Request::get("/v1/stream").header("authorization", format!("Bearer {t}")).header("last-event-id", bad).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let h = resp.headers().clone();
+        let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_envelope(&v, &h, "invalid_last_event_id");
+    }
+    let (st, h, v) = call(&s, "/v1/stream", None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_envelope(&v, &h, "unauthorized");
+}
+
+async fn post_sql(s: &AppState, token: &str, body: Value, accept: Option<&str>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let mut req = Request::post("/v1/sql").header("authorization", format!("Bearer {token}")).header("content-type", "application/json");
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let resp = router(s.clone()).oneshot(req.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes().to_vec())
+}
+
+fn json_of(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(b)))
+}
+
+#[tokio::test]
+async fn sql_answers_in_every_format_with_campo_functions() {
+    let (_d, s) = lake().await;
+    let t = token(&s, &[Scope::SqlQuery]);
+    let q = "SELECT region, count(*) AS n, hz_bucket(min(hz_mean)) AS lowest_bucket FROM region_metrics_1m GROUP BY region ORDER BY region";
+    let (st, h, b) = post_sql(&s, &t, json!({"sql": q}), None).await;
+    assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(h["content-type"], "application/json");
+    let v = json_of(&b);
+    assert_eq!(v["row_count"], 2);
+    assert_eq!(v["columns"][0]["name"], "region");
+    assert_eq!(v["rows"][0], json!({"region": "eu-west-1", "n": 12, "lowest_bucket": 5}), "{v}");
+    assert_eq!(v["rows"][1]["region"], "sa-east-1");
+
+    let (st, h, b) = post_sql(&s, &t, json!({"sql": q, "format": "ndjson"}), None).await;
+    assert_eq!((st, h["content-type"].to_str().unwrap()), (StatusCode::OK, "application/x-ndjson"));
+    let lines: Vec<Value> = String::from_utf8(b).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["n"], 12);
+
+    let (st, _, b) = post_sql(&s, &t, json!({"sql": q}), Some("text/csv")).await;
+    assert_eq!(st, StatusCode::OK);
+    let csv = String::from_utf8(b).unwrap();
+    assert_eq!(csv.lines().next(), Some("region,n,lowest_bucket"));
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+
+    let (st, h, b) = post_sql(&s, &t, json!({"sql": q, "format": "arrow"}), None).await;
+    assert_eq!((st, h["content-type"].to_str().unwrap()), (StatusCode::OK, "application/vnd.apache.arrow.stream"));
+    let reader = campo_lake::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(b), None).unwrap();
+    let batches: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    assert_eq!(batches[0].schema().field(1).name(), "n");
+
+    // No rows is an answer too, with its columns.
+    let (st, _, b) = post_sql(&s, &t, json!({"sql": "SELECT region FROM alerts WHERE level = 'hard'"}), None).await;
+    assert_eq!(st, StatusCode::OK);
+    let v = json_of(&b);
+    assert_eq!((v["row_count"].as_i64(), v["rows"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    assert_eq!(v["columns"][0]["name"], "region");
+
+    // The scope is needed.
+    let t2 = token(&s, &[Scope::SignalsRead, Scope::AlertsRead]);
+    let (st, h, b) = post_sql(&s, &t2, json!({"sql": q}), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_envelope(&json_of(&b), &h, "forbidden");
+}
+
+#[tokio::test]
+async fn sql_refuses_every_form_that_is_not_a_read_of_the_lake() {
+    let (dir, s) = lake().await;
+    let t = token(&s, &[Scope::SqlQuery]);
+    // A canary outside the lake (beside it, in the same temporary folder's parent).
+    let outside = tempfile::tempdir().unwrap();
+    let canary = outside.path().join("canary.csv");
+    std::fs::write(&canary, "secret\nCANARY-7f3a9c\n").unwrap();
+    let c = canary.to_str().unwrap();
+    let lake_file = dir.path().join("alerts");
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        ("CREATE TABLE t AS SELECT 1".into(), StatusCode::FORBIDDEN, "read_only"),
+        ("CREATE VIEW v AS SELECT * FROM alerts".into(), StatusCode::FORBIDDEN, "read_only"),
+        ("DROP TABLE alerts".into(), StatusCode::FORBIDDEN, "read_only"),
+        ("INSERT INTO alerts SELECT * FROM alerts".into(), StatusCode::FORBIDDEN, "read_only"),
+        ("DELETE FROM alerts".into(), StatusCode::FORBIDDEN, "read_only"),
+        ("UPDATE alerts SET level = 'off'".into(), StatusCode::FORBIDDEN, "read_only"),
+        (format!("COPY (SELECT 1) TO '{}/out.csv'", outside.path().display()), StatusCode::FORBIDDEN, "read_only"),
+        (format!("COPY alerts TO '{}/out.parquet'", outside.path().display()), StatusCode::FORBIDDEN, "read_only"),
+        ("SET datafusion.execution.batch_size = 1".into(), StatusCode::FORBIDDEN, "read_only"),
+        ("RESET datafusion.execution.batch_size".into(), StatusCode::FORBIDDEN, "read_only"),
+        (format!("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '{c}'"), StatusCode::FORBIDDEN, "read_only"),
+        ("EXPLAIN ANALYZE SELECT * FROM alerts".into(), StatusCode::FORBIDDEN, "read_only"),
+        ("SELECT 1; SELECT 2".into(), StatusCode::BAD_REQUEST, "multiple_statements"),
+        ("SELECT 1; DROP TABLE alerts".into(), StatusCode::BAD_REQUEST, "multiple_statements"),
+        (format!("SELECT * FROM '{c}'"), StatusCode::FORBIDDEN, "table_not_allowed"),
+        (format!("SELECT * FROM \"file://{c}\""), StatusCode::FORBIDDEN, "table_not_allowed"),
+        (format!("SELECT * FROM '{}'", lake_file.display()), StatusCode::FORBIDDEN, "table_not_allowed"),
+        ("SELECT * FROM 'https://example.invalid/x.parquet'".into(), StatusCode::FORBIDDEN, "table_not_allowed"),
+        ("SELECT * FROM information_schema.tables".into(), StatusCode::FORBIDDEN, "table_not_allowed"),
+        ("SELECT * FROM datafusion.public.alerts".into(), StatusCode::FORBIDDEN, "table_not_allowed"),
+        (format!("WITH x AS (SELECT * FROM '{c}') SELECT * FROM x"), StatusCode::FORBIDDEN, "table_not_allowed"),
+        (format!("SELECT * FROM alerts WHERE region IN (SELECT column_1 FROM '{c}')"), StatusCode::FORBIDDEN, "table_not_allowed"),
+        (format!("SELECT * FROM read_csv('{c}')"), StatusCode::BAD_REQUEST, ""),
+        ("SELECT * FROM nope".into(), StatusCode::BAD_REQUEST, "unknown_table"),
+        ("SELECT * FROM readings".into(), StatusCode::BAD_REQUEST, "unknown_table"),
+        ("SELECT no_such_column FROM alerts".into(), StatusCode::BAD_REQUEST, "invalid_sql"),
+        ("SELEC 1".into(), StatusCode::BAD_REQUEST, "invalid_sql"),
+        ("".into(), StatusCode::BAD_REQUEST, "invalid_sql"),
+    ];
+    for (sql, status, code) in &cases {
+        let (st, h, b) = post_sql(&s, &t, json!({"sql": sql}), None).await;
+        let text = String::from_utf8_lossy(&b);
+        assert!(!text.contains("CANARY-7f3a9c"), "{sql}: the canary leaked: {text}");
+        assert_eq!(st, *status, "{sql}: {text}");
+        let v = json_of(&b);
+        if !code.is_empty() {
+            assert_envelope(&v, &h, code);
+        }
+    }
+    assert!(!outside.path().join("out.csv").exists() && !outside.path().join("out.parquet").exists());
+    // The lake is as it was.
+    let (_, _, b) = post_sql(&s, &t, json!({"sql": "SELECT count(*) AS n FROM alerts"}), None).await;
+    assert_eq!(json_of(&b)["rows"][0]["n"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_limits_rows_memory_and_time_each_with_its_error() {
+    let (_d, mut s) = lake().await;
+    let t = token(&s, &[Scope::SqlQuery]);
+    s.limits.sql_max_rows = 5;
+    let (st, h, b) = post_sql(&s, &t, json!({"sql": "SELECT * FROM region_metrics_1m"}), None).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_envelope(&json_of(&b), &h, "row_limit_exceeded");
+    assert_eq!(json_of(&b)["details"]["max_rows"], 5);
+    let (st, _, _) = post_sql(&s, &t, json!({"sql": "SELECT * FROM region_metrics_1m LIMIT 5"}), None).await;
+    assert_eq!(st, StatusCode::OK, "at the cap is fine");
+
+    s.limits.sql_max_rows = 100_000;
+    s.limits.sql_memory_bytes = 1 << 20;
+    let heavy = "SELECT max(rn) AS m FROM (SELECT row_number() OVER (ORDER BY a.region, b.region, c.window_end, d.window_end) AS rn \
+                 FROM region_metrics_1m a, region_metrics_1m b, region_metrics_1m c, region_metrics_1m d)";
+    let (st, h, b) = post_sql(&s, &t, json!({"sql": heavy}), None).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{}", String::from_utf8_lossy(&b));
+    assert_envelope(&json_of(&b), &h, "memory_limit_exceeded");
+
+    s.limits.sql_memory_bytes = 256 << 20;
+    s.limits.sql_timeout = Duration::from_millis(200);
+    // 24^6 = 191 million rows: far longer than the limit.
+    let slow = "SELECT count(*) AS n FROM region_metrics_1m a, region_metrics_1m b, region_metrics_1m c, region_metrics_1m d, \
+                region_metrics_1m e, region_metrics_1m f WHERE a.hz_mean + b.hz_mean + c.hz_mean + d.hz_mean + e.hz_mean + f.hz_mean > 0";
+    let started = std::time::Instant::now();
+    let (st, h, b) = post_sql(&s, &t, json!({"sql": slow}), None).await;
+    assert_eq!(st, StatusCode::REQUEST_TIMEOUT, "{}", String::from_utf8_lossy(&b));
+    assert_envelope(&json_of(&b), &h, "query_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5), "the limit stops the query");
+}
+
+#[tokio::test]
+async fn sql_bodies_huge_malformed_or_mistyped_get_the_envelope() {
+    let (_d, mut s) = lake().await;
+    s.limits.max_body_bytes = 4096;
+    let t = token(&s, &[Scope::SqlQuery]);
+    let send = |body: Vec<u8>, ct: &'static str| {
+        let s = s.clone();
+        let t = t.clone();
+        async move {
+            let req = Request::post("/v1/sql").header("authorization", format!("Bearer {t}")).header("content-type", ct);
+            let resp = router(s).oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+            let h = resp.headers().clone();
+            let st = resp.status();
+            (st, h, json_of(&resp.into_body().collect().await.unwrap().to_bytes()))
+        }
+    };
+    let huge = json!({"sql": format!("SELECT '{}'", "x".repeat(10_000))}).to_string().into_bytes();
+    let (st, h, v) = send(huge, "application/json").await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_envelope(&v, &h, "payload_too_large");
+    let (st, h, v) = send(b"{\"sql\": ".to_vec(), "application/json").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_envelope(&v, &h, "bad_request");
+    let (st, h, v) = send(b"{\"query\": \"SELECT 1\"}".to_vec(), "application/json").await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_envelope(&v, &h, "invalid_body");
+    let (st, h, v) = send(b"{\"sql\": \"SELECT 1\", \"format\": \"xml\"}".to_vec(), "application/json").await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_envelope(&v, &h, "invalid_body");
+    let (st, h, v) = send(b"sql=SELECT 1".to_vec(), "text/plain").await;
+    assert_eq!(st, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_envelope(&v, &h, "unsupported_media_type");
+    let (st, h, v) = send(vec![0xff, 0xfe, 0x00], "application/json").await;
+    assert!(st.is_client_error(), "{st}");
+    assert!(v["code"].is_string());
+    assert_eq!(v["trace_id"].as_str(), h.get("x-trace-id").and_then(|x| x.to_str().ok()));
+}
+
+#[tokio::test]
+async fn the_live_view_picks_up_tables_created_after_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
+    let s = AppState::new(lake, Keys::new(&[7u8; 32], "campo"));
+    let t = token(&s, &[Scope::SignalsRead]);
+    let (st, _, v) = call(&s, "/v1/regions", Some(&t)).await;
+    assert_eq!((st, v), (StatusCode::OK, json!({"items": []})));
+    for i in 0..3 {
+        close_window(&s, i, &[("sa-east-1", 500.0)]).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, _, v) = call(&s, "/v1/regions", Some(&t)).await;
+            if v["items"][0]["window_end"].as_str() == Some(&iso(T0 + (i + 1) * MIN)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "window {i} never showed: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

@@ -15,5 +15,6 @@ pub use lake::{Lake, TableKind};
 pub use writer::{CommitOutcome, OffsetTxn, TableCommit, TableWriter, app_id};
 
 /// Re-exported so callers build batches with the same Arrow as the lake.
+pub use deltalake;
 pub use deltalake::arrow;
 pub use deltalake::datafusion;

@@ -31,7 +31,14 @@ impl Lake {
 
     async fn session_with(&self, kinds: &[TableKind], pinned: &[(TableKind, u64)]) -> Result<SessionContext> {
         let ctx = SessionContext::new();
-        campo_udfs::register(&ctx, [1.0; 4]);
+        self.register_into(&ctx, kinds, pinned).await?;
+        Ok(ctx)
+    }
+
+    /// Registers campo's functions and the tables `kinds` that exist (some as of a version) in
+    /// a session the caller built, e.g. one with a memory limit.
+    pub async fn register_into(&self, ctx: &SessionContext, kinds: &[TableKind], pinned: &[(TableKind, u64)]) -> Result<()> {
+        campo_udfs::register(ctx, [1.0; 4]);
         for &kind in kinds {
             let name = kind.name();
             let table = match pinned.iter().find(|(k, _)| *k == kind) {
@@ -49,7 +56,7 @@ impl Lake {
                 source,
             })?;
         }
-        Ok(ctx)
+        Ok(())
     }
 
     /// Runs one query over the lake and collects its batches.

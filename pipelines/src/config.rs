@@ -16,6 +16,7 @@ pub struct Config {
     pub signals: SignalsConfig,
     pub protect: ProtectConfig,
     pub metrics: MetricsConfig,
+    pub api: ApiConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -213,6 +214,49 @@ impl Default for MetricsConfig {
     }
 }
 
+/// The HTTP API: signals, forecasts, alerts, the live stream and read-only SQL.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the API listens on; empty disables it (in `campo run`).
+    pub listen: String,
+    /// The audience (`aud`) every token must name.
+    pub audience: String,
+    /// HS256 signing key (hex, at least 32 bytes). Empty: `<lake>/_campo/api-signing.key`,
+    /// created on first start with owner-only permissions (a local lake only).
+    pub signing_key_file: String,
+    /// Requests per second each caller (token subject; client address without a token) may
+    /// make on average; 0 disables rate limiting.
+    pub rate_limit_per_s: u32,
+    /// How many requests a caller may make at once above that rate.
+    pub rate_limit_burst: u32,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Memory one `POST /v1/sql` query may use, in MiB.
+    pub sql_memory_mb: usize,
+    /// Time one `POST /v1/sql` query may run.
+    #[serde(with = "humantime_serde")]
+    pub sql_timeout: Duration,
+    /// Rows one `POST /v1/sql` query may return.
+    pub sql_max_rows: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            audience: "campo".into(),
+            signing_key_file: String::new(),
+            rate_limit_per_s: 200,
+            rate_limit_burst: 400,
+            max_body_bytes: 64 * 1024,
+            sql_memory_mb: 256,
+            sql_timeout: Duration::from_secs(30),
+            sql_max_rows: 100_000,
+        }
+    }
+}
+
 /// A configuration value that cannot work, named by its key.
 #[derive(Debug, thiserror::Error)]
 #[error("config key `{key}`: {reason}")]
@@ -319,6 +363,28 @@ impl Config {
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return err("metrics.listen", "must be an address like 127.0.0.1:9464, or empty");
+        }
+        let a = &self.api;
+        if !a.listen.is_empty() && a.listen.parse::<std::net::SocketAddr>().is_err() {
+            return err("api.listen", "must be an address like 127.0.0.1:8080, or empty");
+        }
+        if a.audience.trim().is_empty() {
+            return err("api.audience", "must not be empty");
+        }
+        if a.rate_limit_per_s > 0 && a.rate_limit_burst == 0 {
+            return err("api.rate_limit_burst", "must be at least 1 when api.rate_limit_per_s is set");
+        }
+        if a.max_body_bytes < 1024 {
+            return err("api.max_body_bytes", "must be at least 1024 bytes");
+        }
+        if a.sql_memory_mb == 0 {
+            return err("api.sql_memory_mb", "must be at least 1 MiB");
+        }
+        if a.sql_timeout.is_zero() {
+            return err("api.sql_timeout", "must be greater than zero");
+        }
+        if a.sql_max_rows == 0 {
+            return err("api.sql_max_rows", "must be at least 1");
         }
         Ok(())
     }

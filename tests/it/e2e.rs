@@ -43,6 +43,7 @@ pub fn campo_run_with(brokers: &str, lake: &Path, group: &str, topics: (&str, &s
         .envs(env.iter().copied())
         .args(["run", "--brokers", brokers, "--group-id", group, "--lake", lake.to_str().unwrap(), "--flush-interval", "300ms"])
         .args(if extra.contains(&"--metrics-listen") { &[][..] } else { &["--metrics-listen", ""][..] })
+        .args(if extra.contains(&"--api-listen") { &[][..] } else { &["--api-listen", ""][..] })
         .env("CAMPO__KAFKA__READINGS_TOPIC", topics.0)
         .env("CAMPO__KAFKA__ACTIVITY_TOPIC", topics.1)
         .env("CAMPO__KAFKA__DLQ_TOPIC", topics.2)

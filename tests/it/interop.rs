@@ -12,7 +12,7 @@ async fn python_deltalake_polars_and_duckdb_agree_on_the_bronze_tables() {
     let lake_path = dir.path().join("lake");
     // The embedded demo writes a lake by itself; Ctrl-C stops it with everything committed.
     let demo = Command::new(campo_bin())
-        .args(["demo", "--lake", lake_path.to_str().unwrap(), "--rate", "3000", "--metrics-listen", ""])
+        .args(["demo", "--lake", lake_path.to_str().unwrap(), "--rate", "3000", "--metrics-listen", "", "--api-listen", ""])
         .env("CAMPO_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -1,5 +1,6 @@
 //! campo's integration tests: one binary for the whole crate (link time on 2 cores).
 
+mod api;
 mod cli;
 mod crash;
 mod e2e;
