@@ -2,7 +2,9 @@
 # The whole test suite, installing what it needs first (idempotent, cached outside the clone):
 #   - tansu 0.6, an Apache-Kafka-compatible broker, for the end-to-end and crash tests;
 #   - a Python venv with deltalake, polars and duckdb (+ its delta extension) for interop tests;
-#   - promtool (Debian's prometheus package) to check and unit-test the alerting rules.
+#   - promtool (Debian's prometheus package) to check and unit-test the alerting rules;
+#   - Debian's chromium and playwright-core (npm) for the dashboard's browser test, and
+#     schemathesis (in the venv) for the API's OpenAPI document.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +33,26 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 export CAMPO_PROMTOOL="$(command -v promtool)"
 
-# --- Python readers ---
+# --- Chromium (Debian's), for the dashboard's browser test ---
+if [ ! -x /usr/bin/chromium ]; then
+  echo "==> installing chromium (Debian package, once per machine)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+    || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+fi
+export CAMPO_CHROMIUM=/usr/bin/chromium
+# playwright-core (npm; it drives the browser and downloads none) for the same test.
+NODE_DIR="$CACHE/node-playwright-core-1.64.1"
+if [ ! -f "$NODE_DIR/.complete" ]; then
+  echo "==> installing playwright-core into $NODE_DIR (once per machine)"
+  mkdir -p "$NODE_DIR"
+  npm install --prefix "$NODE_DIR" --no-audit --no-fund --silent playwright-core@1.64.1
+  touch "$NODE_DIR/.complete"
+fi
+export CAMPO_NODE_PATH="$NODE_DIR/node_modules"
+
+# --- Python readers (and schemathesis) ---
 REQ=tests/python/requirements.txt
 VENV="$CACHE/venv-$(sha256sum "$REQ" | cut -c1-12)"
 if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then

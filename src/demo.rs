@@ -36,6 +36,9 @@ pub struct DemoArgs {
     /// HTTP API and dashboard address, empty to disable.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub api_listen: String,
+    /// API requests per second per caller; 0 disables the limit (e.g. for a load test).
+    #[arg(long, default_value_t = 200)]
+    pub api_rate_limit: u32,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }
@@ -49,6 +52,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     cfg.lake.path = args.lake.clone();
     cfg.metrics.listen = args.metrics_listen.clone();
     cfg.api.listen = args.api_listen.clone();
+    cfg.api.rate_limit_per_s = args.api_rate_limit;
     cfg.validate()?;
     for (t, p) in [(&cfg.kafka.readings_topic, 4), (&cfg.kafka.activity_topic, 4), (&cfg.kafka.dlq_topic, 1), (&cfg.protect.topic, 1)] {
         cluster.create_topic(t, p, 1)?;
@@ -79,6 +83,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("  the API is at {base}/ (readiness {base}/readyz, metrics {base}/metrics); try it with this token (7 days,");
         println!("  signals:read alerts:read sql:query; `campo token --lake {} --scope ...` mints more):", args.lake);
         println!("    curl -s -H 'Authorization: Bearer {token}' {base}/v1/regions");
+        println!("  the dashboard, live: {base}/#token={token}");
     }
     println!("  Ctrl-C stops cleanly with everything committed.\n");
 

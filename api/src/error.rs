@@ -135,6 +135,7 @@ fn from_status(status: StatusCode, text: String) -> ApiError {
         StatusCode::NOT_FOUND => ("not_found", "no such route"),
         StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this route"),
         StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
+        StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "rate limit reached"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "expected Content-Type: application/json"),
         StatusCode::UNPROCESSABLE_ENTITY => ("invalid_body", "the request body does not match the schema"),
         s if s.is_client_error() => ("bad_request", "bad request"),

@@ -59,6 +59,10 @@ pub fn time_param(name: &'static str, s: &str) -> Result<i64> {
         .map_err(|e| ApiError::bad_request("invalid_time", format!("`{name}`: {s:?} is not an RFC 3339 time ({e})")))
 }
 
+/// The times a query may name, in microseconds since the epoch: years 1 to 9999 (what RFC 3339
+/// can write, and what DataFusion's timestamp casts accept).
+pub const TIME_RANGE_US: std::ops::RangeInclusive<i64> = -62_135_596_800_000_000..=253_402_300_799_999_999;
+
 /// A SQL timestamp literal for microseconds since the epoch.
 pub fn ts(us: i64) -> String {
     format!("to_timestamp_micros({us})")

@@ -7,7 +7,9 @@
 pub mod auth;
 pub mod error;
 mod lakeq;
+pub mod openapi;
 pub mod live;
+mod ratelimit;
 mod routes;
 mod sql;
 #[cfg(test)]
@@ -81,18 +83,24 @@ impl FromRef<AppState> for Arc<Keys> {
     }
 }
 
-/// The whole API as one router, testable without a socket.
+/// The whole API as one router, testable without a socket. Health, readiness and metrics are
+/// outside the rate limit (probes and scrapers); the `/v1` routes are inside it.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
+    let v1 = Router::new()
         .route("/v1/regions", get(routes::regions))
         .route("/v1/regions/{region}/signals", get(routes::signals))
         .route("/v1/regions/{region}/forecast", get(routes::forecast))
         .route("/v1/alerts", get(routes::alerts))
         .route("/v1/stream", get(routes::stream))
-        .route("/v1/sql", post(sql::sql))
+        .route("/v1/sql", post(sql::sql));
+    let v1 = ratelimit::apply(v1, state.limits.rate_per_s, state.limits.burst);
+    Router::new()
+        .route("/", get(routes::dashboard))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .merge(v1)
         .fallback(routes::no_route)
         .layer(axum::extract::DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)
@@ -106,7 +114,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let live = state.live.clone();
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             live.close(); // ends the open event streams, so their connections can close

@@ -74,7 +74,7 @@ impl std::str::FromStr for EventId {
             ApiError::bad_request("invalid_last_event_id", format!("Last-Event-ID {s:?} is not an id this stream sent"))
         };
         let (us, rest) = s.split_once('-').ok_or_else(bad)?;
-        let window_end_us: i64 = us.parse().map_err(|_| bad())?;
+        let window_end_us = us.parse::<i64>().ok().filter(|us| lakeq::TIME_RANGE_US.contains(us)).ok_or_else(bad)?;
         let (kind, key) = rest.split_once('-').ok_or_else(bad)?;
         let kind = match kind {
             "w" => EventKind::Window,

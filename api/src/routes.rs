@@ -15,11 +15,16 @@ use crate::live::{self, Event, EventId, EventKind, Live, EVU_COLUMNS, WINDOW_COL
 use crate::AppState;
 use campo_lake::TableKind;
 
+/// `GET /healthz`: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = crate::openapi::Health)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready when the lake answers and every check of the embedding process holds.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+        (status = 200, description = "Ready: every check holds", body = crate::openapi::Ready),
+        (status = 503, description = "Not ready; `details.checks` says which check fails", body = crate::openapi::ErrorBody)))]
 pub async fn readyz(State(s): State<AppState>) -> Response {
     let mut checks = vec![("lake_reachable", lake_reachable(&s.lake).await)];
     if let Some(f) = &s.ready {
@@ -35,6 +40,9 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: the process's Prometheus metrics (no token, as scrapers expect).
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 404, description = "No metrics recorder in this process", body = crate::openapi::ErrorBody)))]
 pub async fn metrics(State(s): State<AppState>) -> Result<Response> {
     let render = s.metrics.as_ref().ok_or_else(|| ApiError::not_found("metrics are not enabled in this process"))?;
     let text = render();
@@ -48,12 +56,24 @@ async fn lake_reachable(lake: &campo_lake::Lake) -> bool {
     }
 }
 
+/// `GET /`: the dashboard, one self-contained page (no build step, nothing fetched from
+/// elsewhere): a tile per region, live over `/v1/stream`.
+#[utoipa::path(get, path = "/", tag = "operations", responses((status = 200, description = "The dashboard", content_type = "text/html", body = String)))]
+pub async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
+}
+
 pub async fn no_route() -> ApiError {
     ApiError::not_found("no such route; see /openapi.json")
 }
 
 /// `GET /v1/regions`: every region's latest closed window, its EVU, its alert level and its
 /// 10-minute forecast, from the live view (at most one poll interval old; no query).
+#[utoipa::path(get, path = "/v1/regions", tag = "signals", security(("bearer" = [])), responses(
+        (status = 200, description = "Every region's latest window", body = crate::openapi::Regions),
+        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limit reached (see Retry-After)", body = crate::openapi::ErrorBody)))]
 pub async fn regions(State(s): State<AppState>, p: Principal) -> Result<Response> {
     p.require(Scope::SignalsRead)?;
     let body = s.live.regions().await?;
@@ -63,6 +83,14 @@ pub async fn regions(State(s): State<AppState>, p: Principal) -> Result<Response
 /// `GET /v1/stream`: Server-Sent Events `window` (each region's closed window, with `signals:read`)
 /// and `alert` (each protective-level change, with `alerts:read` too), in lake order. A client
 /// that sends `Last-Event-ID` gets everything after that event first, read from the lake.
+#[utoipa::path(get, path = "/v1/stream", tag = "signals", security(("bearer" = [])),
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (an id this stream sent)")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `window` (data: a Window) and `alert` (data: an Alert)", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A Last-Event-ID this stream did not send", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limit reached (see Retry-After)", body = crate::openapi::ErrorBody)))]
 pub async fn stream(State(s): State<AppState>, p: Principal, headers: HeaderMap) -> Result<Response> {
     p.require(Scope::SignalsRead)?;
     let resume = match headers.get("last-event-id") {
@@ -149,16 +177,31 @@ impl StreamState {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SeriesQuery {
+    /// Windows starting at or after this RFC 3339 time.
     from: Option<String>,
+    /// Windows starting before this RFC 3339 time.
     to: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1 to 200 (default 100).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<usize>,
 }
 
 /// `GET /v1/regions/{region}/signals?from=&to=`: the region's windows in time order, paged by
 /// `window_start` (the cursor is the last window start returned).
+#[utoipa::path(get, path = "/v1/regions/{region}/signals", tag = "signals", security(("bearer" = [])),
+    params(("region" = String, Path, description = "e.g. sa-east-1"), SeriesQuery),
+    responses(
+        (status = 200, description = "The region's windows in time order", body = crate::openapi::Signals),
+        (status = 400, description = "A bad region, time, cursor or limit", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No windows for this region", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limit reached (see Retry-After)", body = crate::openapi::ErrorBody)))]
 pub async fn signals(
     State(s): State<AppState>,
     p: Principal,
@@ -176,7 +219,11 @@ pub async fn signals(
         filter += &format!(" AND m.window_start < {}", ts(time_param("to", to)?));
     }
     if let Some(c) = &q.cursor {
-        let after: i64 = c.parse().map_err(|_| ApiError::bad_request("invalid_cursor", "cursor is not one this API returned"))?;
+        let after = c
+            .parse::<i64>()
+            .ok()
+            .filter(|us| lakeq::TIME_RANGE_US.contains(us))
+            .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this API returned"))?;
         filter += &format!(" AND m.window_start > {}", ts(after));
     }
     let not_found = || ApiError::not_found(format!("no windows for region {r:?}")).with_details(json!({"region": r}));
@@ -219,6 +266,15 @@ fn page(
 }
 
 /// `GET /v1/regions/{region}/forecast`: the latest forecast, every horizon with its intervals.
+#[utoipa::path(get, path = "/v1/regions/{region}/forecast", tag = "signals", security(("bearer" = [])),
+    params(("region" = String, Path, description = "e.g. sa-east-1")),
+    responses(
+        (status = 200, description = "The latest forecast, every horizon", body = crate::openapi::Forecast),
+        (status = 400, description = "A bad region name", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No forecast for this region yet", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limit reached (see Retry-After)", body = crate::openapi::ErrorBody)))]
 pub async fn forecast(State(s): State<AppState>, p: Principal, Path(r): Path<String>) -> Result<Json<Value>> {
     p.require(Scope::SignalsRead)?;
     let r = region(&r)?;
@@ -252,16 +308,30 @@ pub async fn forecast(State(s): State<AppState>, p: Principal, Path(r): Path<Str
     Ok(Json(json!({"region": r, "issued_at": issued_at, "model": model, "horizons": horizons})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AlertsQuery {
+    /// Only each region's current level where it is not `off`.
     active: Option<bool>,
+    /// Only this region.
     region: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1 to 200 (default 100).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<usize>,
 }
 
 /// `GET /v1/alerts?active=&region=`: level changes, newest first; with `active=true` only each
 /// region's current level where it is not `off`.
+#[utoipa::path(get, path = "/v1/alerts", tag = "alerts", security(("bearer" = [])),
+    params(AlertsQuery),
+    responses(
+        (status = 200, description = "Level changes, newest first (or the active levels)", body = crate::openapi::Alerts),
+        (status = 400, description = "A bad region, cursor or limit", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The token lacks the scope", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limit reached (see Retry-After)", body = crate::openapi::ErrorBody)))]
 pub async fn alerts(State(s): State<AppState>, p: Principal, Query(q): Query<AlertsQuery>) -> Result<Json<Value>> {
     p.require(Scope::AlertsRead)?;
     let n = limit(q.limit)?;
@@ -272,7 +342,7 @@ pub async fn alerts(State(s): State<AppState>, p: Principal, Query(q): Query<Ale
     if let Some(c) = &q.cursor {
         let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
         let (us, id) = c.split_once('.').ok_or_else(bad)?;
-        let us: i64 = us.parse().map_err(|_| bad())?;
+        let us = us.parse::<i64>().ok().filter(|us| lakeq::TIME_RANGE_US.contains(us)).ok_or_else(bad)?;
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(bad());
         }

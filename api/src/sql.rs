@@ -29,7 +29,7 @@ use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, Result};
 
 /// The request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqlRequest {
     /// One query.
@@ -39,7 +39,7 @@ pub struct SqlRequest {
     pub format: Option<Format>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Json,
@@ -73,6 +73,21 @@ impl Format {
 }
 
 /// `POST /v1/sql` (scope `sql:query`).
+#[utoipa::path(post, path = "/v1/sql", tag = "sql", security(("bearer" = [])), request_body = SqlRequest,
+    responses(
+        (status = 200, description = "The answer, in the asked format", content(
+            (crate::openapi::SqlAnswer = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+        (status = 400, description = "Not valid SQL, several statements, an unknown table or column", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not a query (read_only), not a lake table (table_not_allowed), or the token lacks sql:query", body = crate::openapi::ErrorBody),
+        (status = 408, description = "The query ran past api.sql_timeout", body = crate::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than api.max_body_bytes", body = crate::openapi::ErrorBody),
+        (status = 415, description = "The body is not application/json", body = crate::openapi::ErrorBody),
+        (status = 422, description = "A body that does not match, or the query hit its memory or row limit, or failed", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Rate limit reached (see Retry-After)", body = crate::openapi::ErrorBody)))]
 pub async fn sql(State(s): State<AppState>, p: Principal, headers: HeaderMap, Json(req): Json<SqlRequest>) -> Result<Response> {
     p.require(Scope::SqlQuery)?;
     let format = req.format.unwrap_or_else(|| Format::from_accept(&headers));

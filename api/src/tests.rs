@@ -654,3 +654,72 @@ async fn the_live_view_picks_up_tables_created_after_it_started() {
         }
     }
 }
+
+#[tokio::test]
+async fn rate_limit_per_token_with_429_retry_after_and_headers() {
+    let (_d, mut s) = lake().await;
+    s.limits.rate_per_s = 1;
+    s.limits.burst = 3;
+    let app = router(s.clone());
+    let get = |uri: &'static str, token: Option<String>| {
+        let app = app.clone();
+        async move {
+            let mut req = Request::get(uri);
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+            let h = resp.headers().clone();
+            let st = resp.status();
+            let b = resp.into_body().collect().await.unwrap().to_bytes();
+            (st, h, serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null))
+        }
+    };
+    let (a, b) = (token(&s, &[Scope::SignalsRead]), s.keys.mint("other", &[Scope::SignalsRead], Duration::from_secs(60)).unwrap());
+    for left in (0..3).rev() {
+        let (st, h, _) = get("/v1/regions", Some(a.clone())).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(h["x-ratelimit-limit"], "3");
+        assert_eq!(h["x-ratelimit-remaining"], left.to_string().as_str());
+    }
+    let (st, h, v) = get("/v1/regions", Some(a.clone())).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    assert_envelope(&v, &h, "rate_limited");
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(h["x-ratelimit-after"], h["retry-after"]);
+    // Another token has its own budget; probes are not limited.
+    assert_eq!(get("/v1/regions", Some(b)).await.0, StatusCode::OK);
+    for _ in 0..10 {
+        assert_eq!(get("/healthz", None).await.0, StatusCode::OK);
+    }
+    // The bucket refills at the configured rate.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get("/v1/regions", Some(a)).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn openapi_describes_every_route_and_the_dashboard_is_self_contained() {
+    let (_d, s) = lake().await;
+    let (st, _, v) = call(&s, "/openapi.json", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(v["openapi"].as_str().unwrap().starts_with("3.1"), "{}", v["openapi"]);
+    let paths: Vec<&str> = v["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    for p in ["/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/regions", "/v1/regions/{region}/signals",
+        "/v1/regions/{region}/forecast", "/v1/alerts", "/v1/stream", "/v1/sql"] {
+        assert!(paths.contains(&p), "{p} is not in the document: {paths:?}");
+    }
+    assert_eq!(v["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert!(v["paths"]["/v1/sql"]["post"]["responses"]["403"].is_object());
+    let limit = &v["paths"]["/v1/alerts"]["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "limit").unwrap()["schema"];
+    assert_eq!((limit["minimum"].as_i64(), limit["maximum"].as_i64()), (Some(1), Some(200)), "{limit}");
+
+    let resp = router(s.clone()).oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(html.contains("/v1/stream") && html.contains("/v1/regions"));
+    for external in ["src=\"http", "href=\"http", "@import", "url(http"] {
+        assert!(!html.contains(external), "the dashboard loads nothing from elsewhere ({external})");
+    }
+}

@@ -67,6 +67,35 @@ fn demo_token_works_on_the_demo_and_on_a_later_serve() {
         assert!(r["hz_mean"].as_f64().is_some_and(|hz| hz > 300.0 && hz < 700.0), "{r}");
         assert!(r["state"].is_string() && r["alert_level"].is_string(), "{r}");
     }
+    // The dashboard of the running demo, in headless Chromium: live data arrives over the stream
+    // (the page marks itself `data-live` at the first window event), and its screenshot is not blank.
+    let (url, _) = demo.wait_for(Duration::from_secs(5), "the demo's dashboard line", |l| {
+        l.trim().strip_prefix("the dashboard, live: ").map(|u| (u.to_string(), ()))
+    });
+    let shot = dir.path().join("dashboard.png");
+    let out = Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.js"))
+        .arg(&url)
+        .arg(&shot)
+        .env("NODE_PATH", node_modules())
+        .env("CAMPO_CHROMIUM", chromium())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the browser test failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(page["tiles"].as_u64().unwrap() >= 5, "{page}");
+    assert!(page["sparklines"].as_u64().unwrap() >= 5, "{page}");
+    assert_eq!(page["status"], "live", "{page}");
+    assert_eq!(page["errors"], serde_json::json!([]), "no script error: {page}");
+    let stats = Command::new(python()).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/png_stats.py")).arg(&shot).output().unwrap();
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert!(stats["colors"].as_u64().unwrap() > 50, "a blank screenshot: {stats}");
+    assert!(stats["dominant_share"].as_f64().unwrap() < 0.95, "a blank screenshot: {stats}");
+    if let Some(keep) = std::env::var_os("CAMPO_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, keep).unwrap();
+    }
+
     let m = http(&addr, "GET", "/metrics", &[], b"");
     assert_eq!(m.status, 200);
     assert!(m.body.contains("campo_api_requests_total"), "the API counts its own requests");
@@ -76,7 +105,10 @@ fn demo_token_works_on_the_demo_and_on_a_later_serve() {
 
     // A later `campo serve` on the same lake: same key file, so the demo's token still works.
     let mut cmd = Command::new(campo_bin());
-    cmd.args(["serve", "--lake", lake.to_str().unwrap(), "--listen", "127.0.0.1:0"]).env("CAMPO_LOG", "warn");
+    // (rate limits off: schemathesis below sends requests as fast as it can; they have tests of their own)
+    cmd.args(["serve", "--lake", lake.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env("CAMPO_LOG", "warn")
+        .env("CAMPO__API__RATE_LIMIT_PER_S", "0");
     let mut serve = Watched::spawn(cmd);
     let addr = serve.wait_for(Duration::from_secs(30), "serve's address", |l| {
         l.split_once("at http://").map(|(_, r)| r.split('/').next().unwrap().to_string())
@@ -104,6 +136,28 @@ fn demo_token_works_on_the_demo_and_on_a_later_serve() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     }
+    // schemathesis against the live document: no server error, no answer outside the schema.
+    let admin = Command::new(campo_bin())
+        .args(["token", "--lake", lake.to_str().unwrap(), "--scope", "admin", "--ttl", "30m"])
+        .output()
+        .unwrap();
+    let admin = String::from_utf8(admin.stdout).unwrap().trim().to_string();
+    let schemathesis = python().parent().unwrap().join("schemathesis");
+    let report = dir.path().join("schemathesis");
+    let out = Command::new(&schemathesis)
+        .args(["run", &format!("http://{addr}/openapi.json"), "--checks", "not_a_server_error,response_schema_conformance"])
+        .args(["--header", &format!("Authorization: Bearer {admin}"), "--exclude-path", "/v1/stream"])
+        .args(["--max-examples", "40", "--seed", "7", "--workers", "1", "--request-timeout", "30", "--no-color"])
+        .args(["--generation-database", ":memory:", "--report-dir", report.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/test.sh installs schemathesis in the venv)", schemathesis.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "schemathesis found problems:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    // Every operation but the endless stream was tested.
+    let tested = text.lines().find_map(|l| l.trim().strip_prefix("Tested:")).and_then(|n| n.trim().parse::<u32>().ok());
+    assert_eq!(tested, Some(9), "schemathesis ran every operation: {text}");
+
     let (status, out) = serve.interrupt();
     assert!(status.success(), "{out}");
 

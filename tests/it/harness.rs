@@ -54,6 +54,21 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// Debian's Chromium (scripts/test.sh installs it; CAMPO_CHROMIUM overrides). Missing it is a
+/// failure, not a skip.
+pub fn chromium() -> PathBuf {
+    let p = std::env::var_os("CAMPO_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(p.exists(), "{} is missing: run scripts/test.sh, which installs Debian's chromium", p.display());
+    p
+}
+
+/// The `node_modules` holding playwright-core (scripts/test.sh installs it; CAMPO_NODE_PATH).
+pub fn node_modules() -> PathBuf {
+    let p = std::env::var_os("CAMPO_NODE_PATH").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("node-playwright-core-1.64.1/node_modules"));
+    assert!(p.join("playwright-core").exists(), "{} has no playwright-core: run scripts/test.sh, which installs it", p.display());
+    p
+}
+
 /// A tansu broker on a free loopback port, stopped (SIGTERM) on drop.
 pub struct Broker {
     child: Child,
