@@ -145,17 +145,28 @@ pub fn ready_check(stats: Arc<Stats>) -> ReadyCheck {
     })
 }
 
-/// A running API server.
+/// A running API server, on a runtime of its own: the pipeline's CPU-bound work (decoding,
+/// the window SQL) never delays an answer behind it on a shared worker.
 pub struct RunningApi {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for RunningApi {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl RunningApi {
     /// Waits for the server to finish after `shutdown` (open requests get 5 s, then are dropped).
-    pub async fn stop(self) {
-        let abort = self.task.abort_handle();
-        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+    pub async fn stop(mut self) {
+        let Some(task) = self.task.take() else { return };
+        let abort = task.abort_handle();
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the API server stopped with an error"),
             Ok(Err(_)) => {}
@@ -170,15 +181,25 @@ impl RunningApi {
 /// Binds `listen` and serves the API until `shutdown` is triggered.
 pub async fn start(listen: &str, state: AppState, shutdown: Shutdown) -> anyhow::Result<RunningApi> {
     let addr: SocketAddr = listen.parse().map_err(|e| ConfigProblem(format!("config key `api.listen` ({listen}): {e}")))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (config key `api.listen`): {e}"))?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("campo-api")
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the API runtime: {e}"))?;
     tracing::info!(%addr, "API at http://{addr}/");
-    let task = tokio::spawn(campo_api::serve(listener, state, async move {
-        while !shutdown.is_triggered() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }));
-    Ok(RunningApi { addr, task })
+    let task = runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        campo_api::serve(listener, state, async move {
+            while !shutdown.is_triggered() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+    });
+    Ok(RunningApi { addr, task: Some(task), runtime: Some(runtime) })
 }

@@ -173,7 +173,9 @@ impl Live {
         }
         let weak = Arc::downgrade(self);
         let mut closed = self.closed.subscribe();
-        tokio::spawn(async move {
+        // On the query runtime: a refresh runs DataFusion, which must not hold up the workers
+        // that answer requests.
+        crate::sql::sql_runtime().spawn(async move {
             let mut failing = false;
             loop {
                 tokio::select! {

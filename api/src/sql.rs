@@ -117,9 +117,10 @@ pub async fn sql(State(s): State<AppState>, p: Principal, headers: HeaderMap, Js
     Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
-/// The runtime `POST /v1/sql` queries run on: two worker threads of their own (as DataFusion
-/// advises for CPU-bound work beside network I/O).
-fn sql_runtime() -> &'static tokio::runtime::Handle {
+/// The runtime `POST /v1/sql` queries and the live view's refreshes run on: two worker threads
+/// of their own (as DataFusion advises for CPU-bound work beside network I/O), so no query
+/// holds up the workers that answer requests.
+pub(crate) fn sql_runtime() -> &'static tokio::runtime::Handle {
     static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
