@@ -64,9 +64,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("campo serve: the API over {lake_root} at http://{}/ (dashboard), /openapi.json", api.addr);
     eprintln!("  mint a token: campo token --lake {} --scope signals:read --scope alerts:read", cfg.lake.path);
     crate::run_cmd::stop_on_signal(shutdown.clone());
-    while !shutdown.is_triggered() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    shutdown.triggered().await;
     api.stop().await;
     Ok(())
 }
@@ -194,12 +192,7 @@ pub async fn start(listen: &str, state: AppState, shutdown: Shutdown) -> anyhow:
     tracing::info!(%addr, "API at http://{addr}/");
     let task = runtime.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        campo_api::serve(listener, state, async move {
-            while !shutdown.is_triggered() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await
+        campo_api::serve(listener, state, async move { shutdown.triggered().await }).await
     });
     Ok(RunningApi { addr, task: Some(task), runtime: Some(runtime) })
 }

@@ -137,9 +137,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let s = shutdown.clone();
         let stop = sim_stop.clone();
         tokio::spawn(async move {
-            while !s.is_triggered() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            s.triggered().await;
             stop.trigger();
         });
     }

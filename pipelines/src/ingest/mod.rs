@@ -233,6 +233,13 @@ impl Shutdown {
     pub fn is_triggered(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
+    /// Resolves once [`Shutdown::trigger`] was called (checked every 100 ms: the flag is shared
+    /// with the consumer thread, which polls it).
+    pub async fn triggered(&self) {
+        while !self.is_triggered() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Everything a running ingest needs, shared by its parts.
