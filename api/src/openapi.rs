@@ -77,11 +77,10 @@ pub struct CurrentAlert {
     pub expires_at: Option<String>,
 }
 
-/// The 10-minute forecast of a region.
+/// One forecast target: the predicted Hz with its 80% and 95% bands and the collapse
+/// probability (SPEC 5).
 #[derive(Serialize, ToSchema)]
-pub struct Forecast10 {
-    #[schema(format = DateTime)]
-    pub issued_at: String,
+pub struct Band {
     #[schema(format = DateTime)]
     pub target_window_end: String,
     pub hz_forecast: Option<f64>,
@@ -90,6 +89,15 @@ pub struct Forecast10 {
     pub lo95: Option<f64>,
     pub hi95: Option<f64>,
     pub p_collapse: Option<f64>,
+}
+
+/// The 10-minute forecast of a region.
+#[derive(Serialize, ToSchema)]
+pub struct Forecast10 {
+    #[schema(format = DateTime)]
+    pub issued_at: String,
+    #[serde(flatten)]
+    pub band: Band,
 }
 
 /// A region's latest window with its alert level and forecast.
@@ -116,18 +124,12 @@ pub struct Signals {
     pub next_cursor: Option<String>,
 }
 
-/// One horizon of a forecast (SPEC 5).
+/// One horizon of a forecast.
 #[derive(Serialize, ToSchema)]
 pub struct Horizon {
     pub horizon_min: i64,
-    #[schema(format = DateTime)]
-    pub target_window_end: String,
-    pub hz_forecast: Option<f64>,
-    pub lo80: Option<f64>,
-    pub hi80: Option<f64>,
-    pub lo95: Option<f64>,
-    pub hi95: Option<f64>,
-    pub p_collapse: Option<f64>,
+    #[serde(flatten)]
+    pub band: Band,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -178,6 +180,21 @@ pub struct SqlAnswer {
     /// One object per row; null values are left out.
     #[schema(value_type = Vec<Object>)]
     pub rows: Vec<serde_json::Value>,
+}
+
+/// The refusals every `/v1` route can answer with: no valid token, a missing scope, the rate
+/// limit. Listed once here, named in each route's `responses(...)`.
+#[derive(utoipa::IntoResponses)]
+pub enum Refusals {
+    /// No valid bearer token
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The token lacks the scope
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// Rate limit reached (see Retry-After)
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
 }
 
 struct Bearer;

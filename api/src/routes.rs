@@ -71,9 +71,7 @@ pub async fn no_route() -> ApiError {
 /// 10-minute forecast, from the live view (at most one poll interval old; no query).
 #[utoipa::path(get, path = "/v1/regions", tag = "signals", security(("bearer" = [])), responses(
         (status = 200, description = "Every region's latest window", body = crate::openapi::Regions),
-        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limit reached (see Retry-After)", body = crate::openapi::ErrorBody)))]
+        crate::openapi::Refusals))]
 pub async fn regions(State(s): State<AppState>, p: Principal) -> Result<Response> {
     p.require(Scope::SignalsRead)?;
     let body = s.live.regions().await?;
@@ -88,9 +86,7 @@ pub async fn regions(State(s): State<AppState>, p: Principal) -> Result<Response
     responses(
         (status = 200, description = "Server-Sent Events: `window` (data: a Window) and `alert` (data: an Alert)", content_type = "text/event-stream", body = String),
         (status = 400, description = "A Last-Event-ID this stream did not send", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limit reached (see Retry-After)", body = crate::openapi::ErrorBody)))]
+        crate::openapi::Refusals))]
 pub async fn stream(State(s): State<AppState>, p: Principal, headers: HeaderMap) -> Result<Response> {
     p.require(Scope::SignalsRead)?;
     let resume = match headers.get("last-event-id") {
@@ -199,9 +195,7 @@ pub struct SeriesQuery {
         (status = 200, description = "The region's windows in time order", body = crate::openapi::Signals),
         (status = 400, description = "A bad region, time, cursor or limit", body = crate::openapi::ErrorBody),
         (status = 404, description = "No windows for this region", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limit reached (see Retry-After)", body = crate::openapi::ErrorBody)))]
+        crate::openapi::Refusals))]
 pub async fn signals(
     State(s): State<AppState>,
     p: Principal,
@@ -272,9 +266,7 @@ fn page(
         (status = 200, description = "The latest forecast, every horizon", body = crate::openapi::Forecast),
         (status = 400, description = "A bad region name", body = crate::openapi::ErrorBody),
         (status = 404, description = "No forecast for this region yet", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limit reached (see Retry-After)", body = crate::openapi::ErrorBody)))]
+        crate::openapi::Refusals))]
 pub async fn forecast(State(s): State<AppState>, p: Principal, Path(r): Path<String>) -> Result<Json<Value>> {
     p.require(Scope::SignalsRead)?;
     let r = region(&r)?;
@@ -329,9 +321,7 @@ pub struct AlertsQuery {
     responses(
         (status = 200, description = "Level changes, newest first (or the active levels)", body = crate::openapi::Alerts),
         (status = 400, description = "A bad region, cursor or limit", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No valid bearer token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The token lacks the scope", body = crate::openapi::ErrorBody),
-        (status = 429, description = "Rate limit reached (see Retry-After)", body = crate::openapi::ErrorBody)))]
+        crate::openapi::Refusals))]
 pub async fn alerts(State(s): State<AppState>, p: Principal, Query(q): Query<AlertsQuery>) -> Result<Json<Value>> {
     p.require(Scope::AlertsRead)?;
     let n = limit(q.limit)?;
