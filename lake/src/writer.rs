@@ -85,6 +85,10 @@ fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties
     for col in ["event_id", "idempotency_key", "trace_id", "kafka_offset", "record"] {
         b = b.set_column_dictionary_enabled(ColumnPath::from(col), false);
     }
+    // Random hex (UUIDs, trace ids) has nothing Snappy can match: compressing it only costs time.
+    for col in ["event_id", "trace_id"] {
+        b = b.set_column_compression(ColumnPath::from(col), Compression::UNCOMPRESSED);
+    }
     b.build()
 }
 

@@ -93,6 +93,20 @@ fn derive_bucket_follows_spec() {
 }
 
 #[test]
+fn a_record_that_is_json_but_for_one_invalid_utf8_byte_is_not_json() {
+    // The fast path checks the whole record as UTF-8 once; a bad byte inside a string value
+    // must still be refused, and with serde_json's own words.
+    let good = serde_json::to_vec(&with(reading(), "producer", json!("svc-XY"))).unwrap();
+    assert!(decode_reading(&good, MAX).is_ok());
+    let at = good.windows(2).position(|w| w == b"XY").unwrap();
+    let mut bad = good.clone();
+    bad[at] = 0xff;
+    let rej = decode_reading(&bad, MAX).unwrap_err();
+    assert_eq!(rej.reason, Reason::NotJson);
+    assert!(rej.message.contains("invalid unicode"), "{}", rej.message);
+}
+
+#[test]
 fn every_reason_code_for_readings() {
     assert_eq!(decode_reading(b"{not json", MAX).unwrap_err().reason, Reason::NotJson);
     assert_eq!(decode_reading(&[0xff, 0xfe], MAX).unwrap_err().reason, Reason::NotJson);

@@ -1,11 +1,12 @@
 //! What the consumer holds between two flushes: per-partition positions, the rows being
 //! buffered for each table, the dedup set, and the flush cut from them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use campo_lake::{OffsetTxn, TableCommit};
+use rustc_hash::FxHashMap;
 
 use crate::contract::{Contract, Reason, Rejection, decode_activity, decode_reading, scrubbed_record};
 use crate::dedup::{Dedup, fingerprint, unix_minute};
@@ -45,7 +46,8 @@ struct Part {
 
 pub struct IngestState {
     max_record_bytes: usize,
-    parts: HashMap<(Contract, i32), Part>,
+    /// Looked up for every record: Fx, not SipHash (the keys are ours, not an attacker's).
+    parts: FxHashMap<(Contract, i32), Part>,
     readings: ReadingRows,
     activity: ActivityRows,
     rejected: RejectedRows,
@@ -84,7 +86,7 @@ impl IngestState {
     pub fn new(max_record_bytes: usize, dedup: Dedup, wm: Watermarks) -> Self {
         Self {
             max_record_bytes,
-            parts: HashMap::new(),
+            parts: FxHashMap::default(),
             readings: ReadingRows::default(),
             activity: ActivityRows::default(),
             rejected: RejectedRows::default(),

@@ -8,7 +8,7 @@
 //! UTC minute for 1-minute windows). `closed_through` is the end of the last closed window: it
 //! only moves forward, survives rebalances, and on start resumes from the last window written.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
 /// A partition's key: (contract index, partition).
@@ -26,7 +26,7 @@ pub struct Watermarks {
     size_us: i64,
     lateness_us: i64,
     idle_timeout: Duration,
-    parts: HashMap<PartKey, PartWm>,
+    parts: FxHashMap<PartKey, PartWm>,
     closed_through: Option<i64>,
 }
 
@@ -36,7 +36,7 @@ impl Watermarks {
             size_us: size.as_micros() as i64,
             lateness_us: lateness.as_micros() as i64,
             idle_timeout,
-            parts: HashMap::new(),
+            parts: FxHashMap::default(),
             closed_through,
         }
     }
