@@ -52,6 +52,8 @@ pub enum Command {
     Serve(crate::api_cmd::ServeArgs),
     /// Mint an API token signed with the lake's key; prints the token on stdout.
     Token(crate::api_cmd::TokenArgs),
+    /// SQL over the lake's tables: an interactive shell, or one-shot with -c / -f (read-only).
+    Sql(crate::sql_cmd::SqlArgs),
 }
 
 /// Flags shared by every command that runs the pipeline.

@@ -7,6 +7,7 @@ mod demo;
 mod load_config;
 mod run_cmd;
 mod simulate_cmd;
+mod sql_cmd;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
             Command::Backtest(args) => backtest_cmd::run(args).await,
             Command::Serve(args) => api_cmd::serve(args).await,
             Command::Token(args) => api_cmd::token(args).await,
+            Command::Sql(args) => sql_cmd::run(args).await,
         }
     });
     match result {

@@ -11,15 +11,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use campo_lake::TableKind;
+use campo_lake::guard::{self, Allow, Refusal};
 use campo_lake::arrow::record_batch::RecordBatch;
 use campo_lake::datafusion::error::DataFusionError;
 use campo_lake::datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use campo_lake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use campo_lake::datafusion::execution::context::SQLOptions;
 use campo_lake::datafusion::prelude::{SessionConfig, SessionContext};
-use campo_lake::datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
-use campo_lake::datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -133,8 +130,18 @@ pub(crate) fn sql_runtime() -> &'static tokio::runtime::Handle {
     .handle()
 }
 
-fn refused(code: &'static str, message: String) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, code, message)
+/// A guard's refusal as an API error: 403 for what is not allowed, 400 for what is wrong.
+fn refusal(r: Refusal) -> ApiError {
+    let details = match &r {
+        Refusal::ReadOnly(what) => json!({"statement": what}),
+        Refusal::NotALakeTable(t) | Refusal::UnknownTable(t) => json!({"table": t, "tables": guard::table_names()}),
+        Refusal::Syntax(_) | Refusal::Empty => return invalid(r),
+    };
+    let status = match r {
+        Refusal::UnknownTable(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::FORBIDDEN,
+    };
+    ApiError::new(status, r.code(), r.to_string()).with_details(details)
 }
 
 fn invalid(e: impl std::fmt::Display) -> ApiError {
@@ -146,27 +153,16 @@ fn invalid(e: impl std::fmt::Display) -> ApiError {
 /// Checks, plans and runs `sql`; its batches, within the row cap.
 async fn run(s: &AppState, sql: &str) -> Result<Vec<RecordBatch>> {
     let limits = &s.limits;
-    let mut statements = DFParserBuilder::new(sql).build().and_then(|mut p| p.parse_statements()).map_err(invalid)?;
+    let mut statements = guard::parse(sql).map_err(refusal)?;
     let statement = match statements.len() {
-        0 => return Err(ApiError::bad_request("invalid_sql", "no SQL statement was given")),
-        1 => statements.pop_front().expect("one statement"),
+        0 => return Err(refusal(Refusal::Empty)),
+        1 => statements.pop().expect("one statement"),
         n => {
             return Err(ApiError::bad_request("multiple_statements", format!("one query per request; this has {n} statements"))
                 .with_details(json!({"statements": n})));
         }
     };
-    let what = match &statement {
-        DfStatement::Statement(st) if matches!(**st, SqlStatement::Query(_)) => None,
-        DfStatement::Statement(st) => Some(statement_kind(st)),
-        DfStatement::CreateExternalTable(_) => Some("CREATE EXTERNAL TABLE".to_string()),
-        DfStatement::CopyTo(_) => Some("COPY".to_string()),
-        DfStatement::Explain(_) => Some("EXPLAIN".to_string()),
-        DfStatement::Reset(_) => Some("RESET".to_string()),
-    };
-    if let Some(what) = what {
-        return Err(refused("read_only", format!("only queries (SELECT, WITH, VALUES) are allowed; {what} is refused"))
-            .with_details(json!({"statement": what})));
-    }
+    guard::check_statement(&statement, Allow::default()).map_err(refusal)?;
 
     let config = SessionConfig::new().with_information_schema(false);
     // No spilling: an API query writes no temporary files, and its memory limit is a limit.
@@ -176,41 +172,16 @@ async fn run(s: &AppState, sql: &str) -> Result<Vec<RecordBatch>> {
         .build_arc()
         .map_err(ApiError::internal)?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    let state = ctx.state();
-    let references = state.resolve_table_references(&statement).map_err(invalid)?;
-    let mut kinds = Vec::new();
-    for r in &references {
-        let table = r.table();
-        let kind = TableKind::ALL.into_iter().find(|k| k.name() == table);
-        match (r.schema(), kind) {
-            (None, Some(kind)) => kinds.push(kind),
-            _ if r.schema().is_some() || table.contains(['/', '.', ':', '\\']) => {
-                return Err(refused(
-                    "table_not_allowed",
-                    format!("{r} is not a lake table; queries read only the lake's tables, by name"),
-                )
-                .with_details(json!({"table": r.to_string(), "tables": table_names()})));
-            }
-            _ => {
-                return Err(ApiError::bad_request("unknown_table", format!("there is no table {table:?} in the lake"))
-                    .with_details(json!({"table": table, "tables": table_names()})));
-            }
-        }
-    }
+    let kinds = guard::lake_tables(&ctx.state(), &statement).map_err(refusal)?;
     s.lake.register_into(&ctx, &kinds, &[]).await?;
     for kind in &kinds {
         if !ctx.table_exist(kind.name()).map_err(ApiError::internal)? {
             return Err(ApiError::bad_request("unknown_table", format!("table {:?} has no data in this lake yet", kind.name()))
-                .with_details(json!({"table": kind.name(), "tables": table_names()})));
+                .with_details(json!({"table": kind.name(), "tables": guard::table_names()})));
         }
     }
     let plan = ctx.state().statement_to_plan(statement).await.map_err(invalid)?;
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
-        .verify_plan(&plan)
-        .map_err(|e| refused("read_only", e.to_string()))?;
+    guard::verify_plan(&plan, Allow::default()).map_err(refusal)?;
     let df = ctx.execute_logical_plan(plan).await.map_err(|e| exec_error(e, limits))?;
     let mut stream = df.execute_stream().await.map_err(|e| exec_error(e, limits))?;
     let (mut batches, mut rows) = (Vec::new(), 0usize);
@@ -234,23 +205,6 @@ async fn run(s: &AppState, sql: &str) -> Result<Vec<RecordBatch>> {
         batches.push(RecordBatch::new_empty(stream.schema()));
     }
     Ok(batches)
-}
-
-fn table_names() -> Vec<&'static str> {
-    TableKind::ALL.iter().map(|k| k.name()).collect()
-}
-
-/// The statement's leading keywords, e.g. `INSERT`, `CREATE TABLE`, `SET`.
-fn statement_kind(st: &SqlStatement) -> String {
-    let text = st.to_string();
-    let words: Vec<&str> = text.split_whitespace().take(2).collect();
-    match words.as_slice() {
-        [first, second, ..] if matches!(first.to_uppercase().as_str(), "CREATE" | "DROP" | "ALTER" | "TRUNCATE") => {
-            format!("{} {}", first.to_uppercase(), second.to_uppercase())
-        }
-        [first, ..] => first.to_uppercase(),
-        [] => "this statement".into(),
-    }
 }
 
 fn exec_error(e: DataFusionError, limits: &crate::Limits) -> ApiError {

@@ -139,6 +139,22 @@ impl Lake {
             .map_err(delta(name))
     }
 
+    /// Opens an existing table as it was at `at`: the latest version committed at or before it,
+    /// or `None` when its first version is later (it did not exist yet).
+    pub async fn open_as_of(&self, name: &str, at: chrono::DateTime<chrono::Utc>) -> Result<Option<DeltaTable>> {
+        let table = DeltaTableBuilder::from_url(self.table_url(name))
+            .map_err(delta(name))?
+            .with_storage_options(self.storage_options.clone())
+            .with_timestamp(at)
+            .load()
+            .await
+            .map_err(delta(name))?;
+        // delta-rs settles on the earliest version when every commit is later than `at`.
+        let version = table.version().unwrap_or(0);
+        let committed_ms = table.snapshot().map_err(delta(name))?.version_timestamp(version);
+        Ok(committed_ms.is_none_or(|ms| ms <= at.timestamp_millis()).then_some(table))
+    }
+
     /// Opens the table, creating it with its campo schema when it does not exist.
     pub async fn open_or_create(&self, kind: TableKind) -> Result<DeltaTable> {
         self.open_or_create_with(kind.name(), &kind.schema(), &kind.partition_columns()).await

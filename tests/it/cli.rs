@@ -18,7 +18,7 @@ fn campo(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 fn help_lists_every_subcommand_and_exit_codes() {
     let (code, out, _) = campo(&["--help"], &[]);
     assert_eq!(code, 0);
-    for sub in ["run", "simulate", "demo", "backtest"] {
+    for sub in ["run", "simulate", "demo", "backtest", "serve", "token", "sql"] {
         assert!(out.contains(sub), "--help lists {sub}");
     }
     assert!(out.contains("Exit codes"));

@@ -9,4 +9,5 @@ mod interop;
 mod mock;
 mod protect;
 mod slt;
+mod sql;
 mod windows;
