@@ -54,6 +54,8 @@ pub enum Command {
     Token(crate::api_cmd::TokenArgs),
     /// SQL over the lake's tables: an interactive shell, or one-shot with -c / -f (read-only).
     Sql(crate::sql_cmd::SqlArgs),
+    /// Lake maintenance by hand: status, optimize (compaction, z-order), vacuum, checkpoint.
+    Lake(crate::lake_cmd::LakeArgs),
 }
 
 /// Flags shared by every command that runs the pipeline.

@@ -4,6 +4,7 @@ mod api_cmd;
 mod backtest_cmd;
 mod cli;
 mod demo;
+mod lake_cmd;
 mod load_config;
 mod run_cmd;
 mod simulate_cmd;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => api_cmd::serve(args).await,
             Command::Token(args) => api_cmd::token(args).await,
             Command::Sql(args) => sql_cmd::run(args).await,
+            Command::Lake(args) => lake_cmd::run(args).await,
         }
     });
     match result {

@@ -58,6 +58,23 @@ impl TableKind {
         }
     }
 
+    /// The column that says how old a row is: event time for bronze, the window (or the
+    /// close it was issued at) for the derived tables.
+    pub fn time_column(self) -> &'static str {
+        match self {
+            TableKind::Readings | TableKind::Activity => "occurred_at",
+            TableKind::Rejected => "rejected_at",
+            TableKind::RegionMetrics1m | TableKind::Evu1m => "window_start",
+            TableKind::CollapseForecast => "issued_at",
+            TableKind::Alerts => "window_end",
+        }
+    }
+
+    /// Whether the table has a `region` column (z-order by region pays there).
+    pub fn has_region(self) -> bool {
+        !matches!(self, TableKind::Rejected)
+    }
+
     pub fn partition_columns(self) -> Vec<String> {
         match self {
             TableKind::Readings | TableKind::Activity => vec!["event_date".into()],

@@ -77,7 +77,7 @@ pub enum CommitOutcome {
 
 /// Parquet settings: Snappy as delta-rs does, without dictionaries for the columns that are
 /// unique per row (a dictionary there only costs time before Parquet falls back to plain).
-fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
+pub(crate) fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
     use deltalake::parquet::basic::Compression;
     use deltalake::parquet::file::properties::WriterProperties;
     use deltalake::parquet::schema::types::ColumnPath;
@@ -93,7 +93,7 @@ fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties
 }
 
 /// Another writer committed a version this commit was not built on.
-fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
+pub(crate) fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
     use deltalake::kernel::transaction::TransactionError as T;
     matches!(
         e,

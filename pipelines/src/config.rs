@@ -17,6 +17,7 @@ pub struct Config {
     pub protect: ProtectConfig,
     pub metrics: MetricsConfig,
     pub api: ApiConfig,
+    pub maintenance: MaintenanceConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -257,6 +258,38 @@ impl Default for ApiConfig {
     }
 }
 
+/// Lake maintenance inside the engine, on a schedule, while ingesting.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Run compaction, vacuum and checkpoints on a schedule (in `campo run` and `campo demo`).
+    pub enabled: bool,
+    /// How often a maintenance pass runs over every table.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Compaction bin-packs small files up to this size, in MiB.
+    pub target_file_mb: u64,
+    /// Z-order rows by `region` in the date partitions before today's (written no more), so a
+    /// query on one region reads few files; today's partition is only bin-packed.
+    pub zorder_by_region: bool,
+    /// Vacuum deletes the files no version younger than this references (time travel reaches
+    /// back this far).
+    #[serde(with = "humantime_serde")]
+    pub vacuum_retention: Duration,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(3600),
+            target_file_mb: 128,
+            zorder_by_region: true,
+            vacuum_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 /// A configuration value that cannot work, named by its key.
 #[derive(Debug, thiserror::Error)]
 #[error("config key `{key}`: {reason}")]
@@ -303,6 +336,12 @@ impl Config {
         }
         if self.ingest.max_record_bytes < 64 {
             return err("ingest.max_record_bytes", "must be at least 64 bytes");
+        }
+        if self.maintenance.interval < Duration::from_secs(1) {
+            return err("maintenance.interval", "must be at least 1s");
+        }
+        if self.maintenance.target_file_mb == 0 {
+            return err("maintenance.target_file_mb", "must be at least 1");
         }
         if self.ingest.max_pending_flushes == 0 {
             return err("ingest.max_pending_flushes", "must be at least 1");

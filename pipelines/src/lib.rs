@@ -5,6 +5,7 @@ pub mod config;
 pub mod contract;
 pub mod dedup;
 pub mod ingest;
+pub mod maintenance;
 pub mod protect;
 pub mod replay;
 pub mod rows;

@@ -35,8 +35,13 @@ fn setup() -> Setup {
 }
 
 fn produce(brokers: &str, count: u64, seed: u64) -> serde_json::Value {
+    produce_at(brokers, count, seed, 0)
+}
+
+/// `rate` events/s (0: as fast as possible).
+fn produce_at(brokers: &str, count: u64, seed: u64, rate: u64) -> serde_json::Value {
     simulate(&[
-        "--brokers", brokers, "--count", &count.to_string(), "--rate", "0", "--seed", &seed.to_string(),
+        "--brokers", brokers, "--count", &count.to_string(), "--rate", &rate.to_string(), "--seed", &seed.to_string(),
         "--partitions", "0", "--invalid-share", "0.05", "--duplicate-share", "0.05", "--late-share", "0.02",
         "--out-of-order-share", "0.05", "--start", "2026-11-20T10:00:00Z", "--speed", "30",
     ])
@@ -238,5 +243,89 @@ async fn an_unwritable_lake_pauses_consumption_and_resumes_with_nothing_lost() {
     shutdown.trigger();
     task.await.unwrap().unwrap();
     assert_lake_matches(&s.cfg, &merged(&first, &second)).await;
+    drop(s.cluster);
+}
+
+/// Sums two simulator totals (numbers added, objects merged key by key).
+fn add_totals(into: &mut serde_json::Value, more: &serde_json::Value) {
+    match (into, more) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                add_totals(a.entry(k.clone()).or_insert(serde_json::json!(0)), v);
+            }
+        }
+        (a @ serde_json::Value::Number(_), serde_json::Value::Number(b)) => {
+            *a = serde_json::json!(a.as_i64().unwrap() + b.as_i64().unwrap());
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_vacuum_while_ingesting_lose_and_double_nothing() {
+    let mut s = setup();
+    // A pass every 2 s, vacuuming at once what compaction replaced; a by-hand optimize as well.
+    s.cfg.maintenance.interval = Duration::from_secs(2);
+    s.cfg.maintenance.vacuum_retention = Duration::ZERO;
+    let stats = Arc::new(Stats::default());
+    let shutdown = Shutdown::default();
+    let task = tokio::spawn(ingest::run(s.cfg.clone(), stats.clone(), shutdown.clone()));
+    let brokers = s.cfg.kafka.brokers.clone();
+    let lake_path = s.cfg.lake.path.clone();
+    // The producer writes 2000 events/s for about 12 s while maintenance runs.
+    let producer = std::thread::spawn(move || {
+        let mut totals = serde_json::json!({});
+        let mut by_hand = 0;
+        for round in 0..6u64 {
+            add_totals(&mut totals, &produce_at(&brokers, 4000, 100 + round, 2000));
+            if round == 2 {
+                let out = std::process::Command::new(campo_bin()).args(["lake", "--lake", &lake_path, "optimize"]).output().unwrap();
+                assert!(out.status.success(), "campo lake optimize: {}", String::from_utf8_lossy(&out.stderr));
+                by_hand += 1;
+            }
+        }
+        (totals, by_hand)
+    });
+    let (totals, by_hand) = tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap();
+    assert_eq!(by_hand, 1);
+    let records = totals["records"].as_u64().unwrap();
+    let s2 = stats.clone();
+    wait_until(Duration::from_secs(120), "every record committed", || {
+        let s = s2.clone();
+        async move { s.committed_total() >= records }
+    })
+    .await;
+    // Let one more pass run over the last commits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    shutdown.trigger();
+    task.await.unwrap().unwrap();
+
+    let lake = lake(std::path::Path::new(&s.cfg.lake.path));
+    let status = lake.status(campo_lake::TableKind::Readings).await.unwrap().unwrap();
+    let flushes = stats.flushes.load(Ordering::Relaxed);
+    assert!(status.last_optimize.is_some() && status.last_vacuum.is_some(), "{status:?}");
+    assert!((status.files as u64) * 3 < flushes, "compaction left {} files after {flushes} flushes", status.files);
+    // Vacuum deleted what compaction replaced: the files on disk are about the live ones.
+    let on_disk = std::fs::read_dir(std::path::Path::new(&s.cfg.lake.path).join("readings"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).into_iter().flatten())
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet"))
+        .count();
+    assert!(on_disk < flushes as usize / 2, "{on_disk} parquet files on disk after vacuum, {flushes} flushes");
+    eprintln!("maintenance while ingesting: {flushes} flushes, {} live files in readings, {on_disk} on disk", status.files);
+    assert_lake_matches(&s.cfg, &totals).await;
+
+    // Independent readers still read every table, and agree.
+    let tables = ["readings", "activity", "rejected", "region_metrics_1m", "evu_1m", "collapse_forecast", "alerts"];
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/read_lake.py");
+    let out = std::process::Command::new(python()).arg(script).arg(&s.cfg.lake.path).args(tables).output().unwrap();
+    assert!(out.status.success(), "read_lake.py: {}", String::from_utf8_lossy(&out.stderr));
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for table in tables {
+        let ours = scalar(&lake, &format!("SELECT count(*) FROM {table}")).await;
+        for reader in ["deltalake", "polars", "duckdb"] {
+            assert_eq!(counts[reader][table].as_i64(), Some(ours), "{reader} reads {table}");
+        }
+    }
     drop(s.cluster);
 }

@@ -1,6 +1,6 @@
 """Reads a campo lake with three independent readers and prints their counts as JSON.
 
-Usage: read_lake.py LAKE_DIR
+Usage: read_lake.py LAKE_DIR [TABLE ...]   (default: readings activity rejected)
 """
 import glob
 import json
@@ -13,7 +13,7 @@ import duckdb_extension_delta
 import polars as pl
 
 lake = sys.argv[1]
-tables = ["readings", "activity", "rejected"]
+tables = sys.argv[2:] or ["readings", "activity", "rejected"]
 out = {"deltalake": {}, "polars": {}, "duckdb": {}}
 
 for t in tables:

@@ -296,6 +296,10 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: Shutdown) -> Resul
             r
         })
     });
+    // Compaction, vacuum and checkpoints beside the ingest (see crate::maintenance).
+    let maintenance = config.maintenance.enabled.then(|| {
+        tokio::spawn(crate::maintenance::run_scheduled(lake.clone(), config.maintenance.clone(), shutdown.clone()))
+    });
     let shared = Arc::new(Shared {
         config,
         lake,
@@ -320,6 +324,10 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: Shutdown) -> Resul
         Some(s) => s.await.map_err(|e| IngestError::Thread(e.to_string()))?.map_err(IngestError::from),
         None => Ok(()),
     };
+    if let Some(m) = maintenance {
+        // A pass in progress finishes its table's commit; later passes do not start.
+        let _ = m.await;
+    }
     writer_result?;
     stage_result?;
     consumer_result
