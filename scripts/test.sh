@@ -5,6 +5,7 @@
 #   - promtool (Debian's prometheus package) to check and unit-test the alerting rules;
 #   - Debian's chromium and playwright-core (npm) for the dashboard's browser test, and
 #     schemathesis (in the venv) for the API's OpenAPI document.
+#   - matplotlib, nbclient and ipykernel (in the venv) to run the notebooks headless.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -37,6 +37,15 @@ pub struct BacktestArgs {
     pub collapses: Vec<Collapse>,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Scenario: share of invalid records (they land in `rejected` with their reason).
+    #[arg(long, default_value_t = 0.0)]
+    pub invalid_share: f64,
+    /// Scenario: share of records sent twice (the second is dropped as a duplicate).
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_share: f64,
+    /// Scenario: share of records that arrive after their window closed (flagged `late`).
+    #[arg(long, default_value_t = 0.0)]
+    pub late_share: f64,
     /// Also print, for this region, every window's signals and campo's forecast at 10 minutes.
     #[arg(long, value_name = "REGION")]
     pub trace: Option<String>,
@@ -69,9 +78,9 @@ pub async fn run(args: BacktestArgs) -> anyhow::Result<()> {
             speed: 1.0,
             seed: args.seed,
             start,
-            invalid_share: 0.0,
-            duplicate_share: 0.0,
-            late_share: 0.0,
+            invalid_share: args.invalid_share,
+            duplicate_share: args.duplicate_share,
+            late_share: args.late_share,
             out_of_order_share: 0.02,
             pii_share: 0.0,
             collapses,

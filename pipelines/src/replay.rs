@@ -32,6 +32,7 @@ pub async fn run(sim_cfg: SimConfig, config: &Config, records: u64, mut progress
     let pipeline = config.ingest.pipeline.clone();
     let mut readings = TableWriter::open(&lake, TableKind::Readings, &pipeline).await?;
     let mut activity = TableWriter::open(&lake, TableKind::Activity, &pipeline).await?;
+    let mut rejected = TableWriter::open(&lake, TableKind::Rejected, &pipeline).await?;
     let stage = WindowStage::open_offline(&lake, config, stats.clone(), Shutdown::default()).await?;
     let (win_tx, win_rx) = tokio::sync::mpsc::unbounded_channel::<WindowInput>();
     let stage = tokio::spawn(stage.run(win_rx));
@@ -87,6 +88,10 @@ pub async fn run(sim_cfg: SimConfig, config: &Config, records: u64, mut progress
         progress(n);
     });
     while let Some(f) = flush_rx.recv().await {
+        // Invalid records land in `rejected` (there is no DLQ topic without Kafka).
+        if !f.rejected.txns.is_empty() {
+            rejected.commit(&f.rejected).await?;
+        }
         if !f.readings.txns.is_empty() {
             readings.commit(&f.readings).await?;
         }
@@ -95,6 +100,13 @@ pub async fn run(sim_cfg: SimConfig, config: &Config, records: u64, mut progress
         }
         stats.bronze[0].fetch_add(f.counts.bronze[0], Ordering::Relaxed);
         stats.bronze[1].fetch_add(f.counts.bronze[1], Ordering::Relaxed);
+        for i in 0..2 {
+            stats.duplicate[i].fetch_add(f.counts.duplicate[i], Ordering::Relaxed);
+            stats.late[i].fetch_add(f.counts.late[i], Ordering::Relaxed);
+        }
+        for ((i, _), n) in &f.counts.rejected {
+            stats.dlq[*i].fetch_add(*n, Ordering::Relaxed);
+        }
         let _ = win_tx.send(WindowInput {
             readings: f.readings.batches,
             activity: f.activity.batches,

@@ -7,6 +7,7 @@ mod e2e;
 mod harness;
 mod interop;
 mod mock;
+mod notebooks;
 mod protect;
 mod slt;
 mod sql;
