@@ -68,6 +68,16 @@ pub enum LakeAction {
     },
     /// Write a checkpoint of each table's log and remove expired log entries.
     Checkpoint,
+    /// Retention and pseudonymization now (SPEC 8): delete bronze rows older than
+    /// lifecycle.granular_retention and derived rows older than lifecycle.aggregate_retention;
+    /// replace user_hash by its month's HMAC in bronze rows older than
+    /// lifecycle.pseudonymize_after, and destroy the keys of months wholly done.
+    Retain {
+        /// The time to apply the ages from (RFC 3339) instead of the clock: a dry rehearsal,
+        /// or a test.
+        #[arg(long, value_name = "TIMESTAMP")]
+        now: Option<String>,
+    },
 }
 
 pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
@@ -139,6 +149,23 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
                 let r = lake.vacuum(kind, retention, dry_run, full).await?;
                 let verb = if dry_run { "would delete" } else { "deleted" };
                 println!("{}: {verb} {} files older than {} in {} ms", r.table, r.files_deleted, humantime::format_duration(retention), r.elapsed_ms);
+            }
+            Ok(())
+        }
+        LakeAction::Retain { now } => {
+            let now = match now {
+                Some(t) => chrono::DateTime::parse_from_rfc3339(&t)
+                    .map_err(|e| ConfigProblem(format!("--now {t}: not an RFC 3339 timestamp ({e})")))?
+                    .with_timezone(&chrono::Utc),
+                None => chrono::Utc::now(),
+            };
+            let dir = cfg.lifecycle.keys_dir_for(&lake).map_err(|e| ConfigProblem(e.to_string()))?;
+            let keys = campo_lake::lifecycle::PeriodKeys::open(&dir, &lake).map_err(|e| ConfigProblem(format!("config key `lifecycle.keys_dir`: {e}")))?;
+            let policy = cfg.lifecycle.policy();
+            for kind in present {
+                let r = lake.retain(kind, now, &policy, &keys).await?;
+                let destroyed = if r.keys_destroyed.is_empty() { String::new() } else { format!("; keys destroyed: {}", r.keys_destroyed.join(", ")) };
+                println!("{}: {} rows past retention deleted, {} rows pseudonymized{destroyed}", r.table, r.deleted_rows, r.pseudonymized_rows);
             }
             Ok(())
         }

@@ -7,6 +7,7 @@
 mod error;
 pub mod guard;
 mod lake;
+pub mod lifecycle;
 pub mod maintain;
 mod query;
 pub mod schema;

@@ -18,6 +18,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub api: ApiConfig,
     pub maintenance: MaintenanceConfig,
+    pub lifecycle: LifecycleConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -290,6 +291,60 @@ impl Default for MaintenanceConfig {
     }
 }
 
+/// Retention and pseudonymization (SPEC 8), applied by every maintenance pass and by
+/// `campo lake retain`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// Bronze rows (readings, activity, rejected) older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub granular_retention: Duration,
+    /// In bronze rows older than this, `user_hash` is replaced by HMAC-SHA256(month key, user_hash).
+    #[serde(with = "humantime_serde")]
+    pub pseudonymize_after: Duration,
+    /// Rows of the derived tables older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub aggregate_retention: Duration,
+    /// Where the month keys live (outside the lake root). Empty: `<lake>.keys` beside a local
+    /// lake; an object-store lake must set it.
+    pub keys_dir: String,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        let day = 24 * 3600;
+        Self {
+            granular_retention: Duration::from_secs(90 * day),
+            pseudonymize_after: Duration::from_secs(30 * day),
+            aggregate_retention: Duration::from_secs(730 * day),
+            keys_dir: String::new(),
+        }
+    }
+}
+
+impl LifecycleConfig {
+    /// The key directory for a lake: `keys_dir`, else `<lake>.keys` beside a local lake.
+    pub fn keys_dir_for(&self, lake: &campo_lake::Lake) -> Result<std::path::PathBuf, ConfigError> {
+        if !self.keys_dir.is_empty() {
+            return Ok(self.keys_dir.clone().into());
+        }
+        let root = lake.local_root().ok_or(ConfigError {
+            key: "lifecycle.keys_dir",
+            reason: "must be set for a lake that is not on the local filesystem (keys live outside the lake)".into(),
+        })?;
+        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "lake".into());
+        Ok(root.with_file_name(format!("{name}.keys")))
+    }
+
+    pub fn policy(&self) -> campo_lake::lifecycle::Policy {
+        campo_lake::lifecycle::Policy {
+            granular_retention: self.granular_retention,
+            pseudonymize_after: self.pseudonymize_after,
+            aggregate_retention: self.aggregate_retention,
+        }
+    }
+}
+
 /// A configuration value that cannot work, named by its key.
 #[derive(Debug, thiserror::Error)]
 #[error("config key `{key}`: {reason}")]
@@ -336,6 +391,15 @@ impl Config {
         }
         if self.ingest.max_record_bytes < 64 {
             return err("ingest.max_record_bytes", "must be at least 64 bytes");
+        }
+        for (key, d) in [
+            ("lifecycle.granular_retention", self.lifecycle.granular_retention),
+            ("lifecycle.pseudonymize_after", self.lifecycle.pseudonymize_after),
+            ("lifecycle.aggregate_retention", self.lifecycle.aggregate_retention),
+        ] {
+            if d < Duration::from_secs(3600) {
+                return err(key, "must be at least 1h");
+            }
         }
         if self.maintenance.interval < Duration::from_secs(1) {
             return err("maintenance.interval", "must be at least 1s");

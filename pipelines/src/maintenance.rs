@@ -7,15 +7,17 @@
 //! A pass never breaks exactly-once: see `campo_lake::maintain`. A table that fails is logged
 //! and retried at the next pass; the ingest never waits for maintenance.
 
+use campo_lake::lifecycle::{PeriodKeys, Policy, RetainReport};
 use campo_lake::maintain::{Dates, OptimizeOptions, OptimizeReport, VacuumReport};
 use campo_lake::{Lake, TableKind};
 
-use crate::config::MaintenanceConfig;
+use crate::config::{LifecycleConfig, MaintenanceConfig};
 use crate::ingest::Shutdown;
 
 /// What one pass did to one table.
 #[derive(Debug, Clone)]
 pub struct PassReport {
+    pub retained: Option<RetainReport>,
     pub optimize: Option<OptimizeReport>,
     pub zorder: Option<OptimizeReport>,
     pub vacuum: Option<VacuumReport>,
@@ -23,14 +25,23 @@ pub struct PassReport {
 }
 
 /// One pass over every table the lake has; `zorder_day` (`YYYY-MM-DD`) also z-orders that
-/// day's partition by region.
-pub async fn pass(lake: &Lake, cfg: &MaintenanceConfig, zorder_day: Option<&str>) -> Vec<(TableKind, PassReport)> {
+/// day's partition by region. Retention and pseudonymization run first when `retain` is given.
+pub async fn pass(
+    lake: &Lake,
+    cfg: &MaintenanceConfig,
+    zorder_day: Option<&str>,
+    retain: Option<(&Policy, &PeriodKeys)>,
+) -> Vec<(TableKind, PassReport)> {
     let mut out = Vec::new();
     for kind in TableKind::ALL {
         if lake.open(kind.name()).await.is_err() {
             continue;
         }
         let name = kind.name();
+        let retained = match retain {
+            Some((policy, keys)) => log_err(name, "retention", lake.retain(kind, chrono::Utc::now(), policy, keys).await),
+            None => None,
+        };
         let compact = OptimizeOptions { target_size: cfg.target_file_mb << 20, zorder_by_region: false, dates: Dates::All };
         let optimize = log_err(name, "optimize", lake.optimize(kind, &compact).await);
         let zorder = match zorder_day {
@@ -54,9 +65,11 @@ pub async fn pass(lake: &Lake, cfg: &MaintenanceConfig, zorder_day: Option<&str>
             into = optimize.as_ref().map_or(0, |o| o.files_added),
             zordered = zorder.as_ref().map_or(0, |o| o.files_removed),
             vacuumed = vacuum.as_ref().map_or(0, |v| v.files_deleted),
+            expired = retained.as_ref().map_or(0, |r| r.deleted_rows),
+            pseudonymized = retained.as_ref().map_or(0, |r| r.pseudonymized_rows),
             "maintenance pass"
         );
-        out.push((kind, PassReport { optimize, zorder, vacuum, checkpoint }));
+        out.push((kind, PassReport { retained, optimize, zorder, vacuum, checkpoint }));
     }
     metrics::counter!("campo_maintenance_passes_total").increment(1);
     out
@@ -73,8 +86,16 @@ fn log_err<T>(table: &str, what: &str, r: campo_lake::Result<T>) -> Option<T> {
 }
 
 /// Runs a pass every `cfg.interval` until shutdown (the first one after one interval).
-pub async fn run_scheduled(lake: Lake, cfg: MaintenanceConfig, shutdown: Shutdown) {
+pub async fn run_scheduled(lake: Lake, cfg: MaintenanceConfig, lifecycle: LifecycleConfig, shutdown: Shutdown) {
     let mut zordered_day: Option<chrono::NaiveDate> = None;
+    let policy = lifecycle.policy();
+    let keys = match lifecycle.keys_dir_for(&lake).map_err(|e| e.to_string()).and_then(|d| PeriodKeys::open(d, &lake).map_err(|e| e.to_string())) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::error!(error = %e, "retention and pseudonymization are off until the key directory can be used");
+            None
+        }
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(cfg.interval) => {}
@@ -84,7 +105,7 @@ pub async fn run_scheduled(lake: Lake, cfg: MaintenanceConfig, shutdown: Shutdow
         // The day before is z-ordered once, at the first pass of a new day.
         let zorder = cfg.zorder_by_region && zordered_day != Some(today);
         let day = today.pred_opt().unwrap_or(today).format("%Y-%m-%d").to_string();
-        pass(&lake, &cfg, zorder.then_some(day.as_str())).await;
+        pass(&lake, &cfg, zorder.then_some(day.as_str()), keys.as_ref().map(|k| (&policy, k))).await;
         if zorder {
             zordered_day = Some(today);
         }

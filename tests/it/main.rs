@@ -6,6 +6,7 @@ mod crash;
 mod e2e;
 mod harness;
 mod interop;
+mod lifecycle;
 mod mock;
 mod notebooks;
 mod protect;

@@ -298,7 +298,7 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: Shutdown) -> Resul
     });
     // Compaction, vacuum and checkpoints beside the ingest (see crate::maintenance).
     let maintenance = config.maintenance.enabled.then(|| {
-        tokio::spawn(crate::maintenance::run_scheduled(lake.clone(), config.maintenance.clone(), shutdown.clone()))
+        tokio::spawn(crate::maintenance::run_scheduled(lake.clone(), config.maintenance.clone(), config.lifecycle.clone(), shutdown.clone()))
     });
     let shared = Arc::new(Shared {
         config,
