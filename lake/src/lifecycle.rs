@@ -274,6 +274,7 @@ impl Lake {
     /// returns how many.
     pub async fn delete_where(&self, kind: TableKind, predicate: Expr, session: Option<SessionContext>) -> Result<u64> {
         let name = kind.name();
+        let _lock = self.exclusive().await?;
         for attempt in 0.. {
             let table = self.open(name).await?;
             let mut b = table.delete().with_predicate(predicate.clone()).with_writer_properties(crate::writer::writer_properties());
@@ -294,6 +295,7 @@ impl Lake {
         // delta-rs's own session (its planner runs the UPDATE plan), with the function added.
         let ctx: SessionContext = deltalake::delta_datafusion::create_session().into();
         ctx.register_udf(udf);
+        let _lock = self.exclusive().await?;
         for attempt in 0.. {
             let table = self.open(name).await?;
             let r = table

@@ -94,7 +94,36 @@ fn iso_ms(ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
+/// Held while a maintenance operation rewrites files: see [`Lake::exclusive`].
+pub struct MaintenanceLock {
+    _file: Option<std::fs::File>,
+}
+
 impl Lake {
+    /// Takes the lake's maintenance lock (an advisory lock on `<lake>/_campo/maintenance.lock`,
+    /// shared by every process on the machine), waiting for it.
+    ///
+    /// Two compactions of the same files must never commit both: delta-rs lets a second
+    /// `data_change = false` remove of a file through (as Spark does), and each would add its own
+    /// merged copy of the rows. A DELETE racing a compaction could likewise bring deleted rows
+    /// back in the compaction's output. So every rewrite (optimize, delete, update, vacuum) of a
+    /// local lake runs under this lock; ingest appends do not take it (they never conflict with
+    /// a rewrite). An object-store lake has no such lock: run by-hand maintenance there only
+    /// when the engine's own is off (`maintenance.enabled = false`).
+    pub async fn exclusive(&self) -> Result<MaintenanceLock> {
+        let Some(root) = self.local_root() else { return Ok(MaintenanceLock { _file: None }) };
+        let dir = root.join("_campo");
+        let path = dir.join("maintenance.lock");
+        let bad = |e: std::io::Error| LakeError::BadLocation { location: path.display().to_string(), reason: e.to_string() };
+        std::fs::create_dir_all(&dir).map_err(bad)?;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(bad)?;
+        let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .await
+            .map_err(|e| bad(std::io::Error::other(e)))?
+            .map_err(bad)?;
+        Ok(MaintenanceLock { _file: Some(file) })
+    }
+
     /// The status of a table, `None` when the lake does not have it.
     pub async fn status(&self, kind: TableKind) -> Result<Option<TableStatus>> {
         let name = kind.name();
@@ -178,6 +207,7 @@ impl Lake {
         let mut report = OptimizeReport { table: name, ..Default::default() };
         let target = NonZeroU64::new(opts.target_size.max(1)).expect("at least 1");
         let date_col = kind.partition_columns().into_iter().next();
+        let _lock = self.exclusive().await?;
         loop {
             let table = self.open(name).await?;
             use deltalake::{FilterOp, FilterValue};
@@ -224,6 +254,7 @@ impl Lake {
         use deltalake::operations::vacuum::VacuumMode;
         let name = kind.name();
         let started = Instant::now();
+        let _lock = self.exclusive().await?;
         let table = self.open(name).await?;
         let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         let (_, metrics) = table
@@ -267,4 +298,36 @@ async fn optimize_once(
         .with_max_concurrent_tasks(2)
         .await?;
     Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::tests::commit;
+    use crate::{CommitOutcome, TableWriter};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_compactions_at_once_never_double_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
+        let mut w = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        let mut last = None;
+        for i in 0..20i64 {
+            let offsets: Vec<i64> = (i * 5..i * 5 + 5).collect();
+            assert!(matches!(w.commit(&commit(&offsets, last)).await.unwrap(), CommitOutcome::Committed { .. }));
+            last = offsets.last().copied();
+        }
+        // delta-rs lets two compactions of the same files both commit; the lake's lock makes
+        // the second wait and find nothing left to do.
+        let opts = OptimizeOptions::default();
+        let (a, b) = tokio::join!(lake.optimize(TableKind::Rejected, &opts), lake.optimize(TableKind::Rejected, &opts));
+        let removed = a.unwrap().files_removed + b.unwrap().files_removed;
+        assert_eq!(removed, 20, "the 20 files were compacted once");
+        let n = lake.query("SELECT count(*) AS n, count(DISTINCT \"offset\") AS d FROM rejected").await.unwrap();
+        use deltalake::arrow::array::AsArray;
+        use deltalake::arrow::datatypes::Int64Type;
+        assert_eq!(n[0].column(0).as_primitive::<Int64Type>().value(0), 100);
+        assert_eq!(n[0].column(1).as_primitive::<Int64Type>().value(0), 100);
+        assert_eq!(lake.status(TableKind::Rejected).await.unwrap().unwrap().files, 1);
+    }
 }

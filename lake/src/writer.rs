@@ -331,7 +331,7 @@ impl TableWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use deltalake::arrow::array::{ArrayRef, Date32Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
@@ -358,7 +358,7 @@ mod tests {
         .unwrap()
     }
 
-    fn commit(offsets: &[i64], expected: Option<i64>) -> TableCommit {
+    pub(crate) fn commit(offsets: &[i64], expected: Option<i64>) -> TableCommit {
         TableCommit {
             batches: vec![rejected_rows(offsets)],
             txns: vec![OffsetTxn { topic: "t".into(), partition: 0, expected, last: *offsets.last().unwrap() }],
