@@ -257,6 +257,11 @@ impl Shell {
         let fail = |e: String| anyhow::Error::new(StatementFailed(e));
         let allow = Allow { session_statements: true };
         let mut statements = guard::parse(sql).map_err(|r| fail(r.to_string()))?;
+        // `split_script` cut the text at its semicolons; one that it could not see (inside a
+        // construct it does not know) is refused rather than half run.
+        if statements.len() > 1 {
+            return Err(fail(format!("{} statements where one was expected; end each with `;` on its own", statements.len())));
+        }
         let Some(statement) = statements.pop() else { return Ok(0) };
         guard::check_statement(&statement, allow).map_err(|r| fail(r.to_string()))?;
         match guard::lake_tables(&self.ctx.state(), &statement) {
