@@ -129,6 +129,13 @@ pub fn state(cfg: &Config, ready: Option<ReadyCheck>, metrics: Option<MetricsRen
     state.ready = ready;
     state.metrics = metrics;
     state.limits = limits(cfg);
+    // Erasure needs the key directory; without one (an object-store lake that sets none) the
+    // route says so.
+    state.erasure_keys = cfg
+        .lifecycle
+        .keys_dir_for(&state.lake)
+        .ok()
+        .and_then(|dir| campo_lake::lifecycle::PeriodKeys::open(dir, &state.lake).map_err(|e| tracing::warn!(error = %e, "no erasures over the API")).ok());
     Ok(state)
 }
 

@@ -56,6 +56,9 @@ pub enum Command {
     Sql(crate::sql_cmd::SqlArgs),
     /// Lake maintenance by hand: status, optimize (compaction, z-order), vacuum, checkpoint.
     Lake(crate::lake_cmd::LakeArgs),
+    /// Erase users: delete every row of these user_hash values from the lake, the files and
+    /// the log history that held them, and record the request (SPEC 8).
+    Forget(crate::forget_cmd::ForgetArgs),
 }
 
 /// Flags shared by every command that runs the pipeline.

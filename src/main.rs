@@ -4,6 +4,7 @@ mod api_cmd;
 mod backtest_cmd;
 mod cli;
 mod demo;
+mod forget_cmd;
 mod lake_cmd;
 mod load_config;
 mod run_cmd;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
             Command::Token(args) => api_cmd::token(args).await,
             Command::Sql(args) => sql_cmd::run(args).await,
             Command::Lake(args) => lake_cmd::run(args).await,
+            Command::Forget(args) => forget_cmd::run(args).await,
         }
     });
     match result {

@@ -5,6 +5,7 @@
 //! `?cursor=&limit=` (at most 200).
 
 pub mod auth;
+mod erasure;
 pub mod error;
 mod lakeq;
 pub mod openapi;
@@ -68,12 +69,14 @@ pub struct AppState {
     pub limits: Limits,
     /// The signals kept in memory and the event stream.
     pub live: Arc<live::Live>,
+    /// The key directory erasures use (`POST /v1/erasure` answers 503 without it).
+    pub erasure_keys: Option<campo_lake::lifecycle::PeriodKeys>,
 }
 
 impl AppState {
     /// A state over `lake` with no readiness checks beyond the lake, no metrics, default limits.
     pub fn new(lake: Lake, keys: Keys) -> Self {
-        Self { live: live::Live::new(lake.clone()), lake, keys: Arc::new(keys), ready: None, metrics: None, limits: Limits::default() }
+        Self { live: live::Live::new(lake.clone()), lake, keys: Arc::new(keys), ready: None, metrics: None, limits: Limits::default(), erasure_keys: None }
     }
 }
 
@@ -92,7 +95,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/regions/{region}/forecast", get(routes::forecast))
         .route("/v1/alerts", get(routes::alerts))
         .route("/v1/stream", get(routes::stream))
-        .route("/v1/sql", post(sql::sql));
+        .route("/v1/sql", post(sql::sql))
+        .route("/v1/erasure", post(erasure::erasure));
     let v1 = ratelimit::apply(v1, state.limits.rate_per_s, state.limits.burst);
     Router::new()
         .route("/", get(routes::dashboard))

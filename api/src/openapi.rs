@@ -227,8 +227,9 @@ impl Modify for Bearer {
         crate::routes::alerts,
         crate::routes::stream,
         crate::sql::sql,
+        crate::erasure::erasure,
     ),
-    components(schemas(ErrorBody, Window, RegionNow, crate::sql::SqlRequest, crate::sql::Format)),
+    components(schemas(ErrorBody, Window, RegionNow, crate::sql::SqlRequest, crate::sql::Format, crate::erasure::ErasureRequest, crate::erasure::ErasureDone)),
     modifiers(&Bearer),
     tags((name = "signals"), (name = "alerts"), (name = "sql"), (name = "operations"))
 )]

@@ -17,6 +17,8 @@ pub enum LakeError {
         #[source]
         source: deltalake::datafusion::error::DataFusionError,
     },
+    #[error("erasure: {0}")]
+    Erasure(String),
     #[error("table {table} has schema that campo cannot write: {reason}")]
     Schema { table: String, reason: String },
 }

@@ -21,10 +21,12 @@ pub enum TableKind {
     Evu1m,
     CollapseForecast,
     Alerts,
+    /// The record of every erasure request (SPEC 8): no user identifier in clear.
+    Erasures,
 }
 
 impl TableKind {
-    pub const ALL: [TableKind; 7] = [
+    pub const ALL: [TableKind; 8] = [
         TableKind::Readings,
         TableKind::Activity,
         TableKind::Rejected,
@@ -32,7 +34,11 @@ impl TableKind {
         TableKind::Evu1m,
         TableKind::CollapseForecast,
         TableKind::Alerts,
+        TableKind::Erasures,
     ];
+
+    /// The tables whose rows belong to a user (an erasure deletes from them).
+    pub const USER_ROWS: [TableKind; 3] = [TableKind::Readings, TableKind::Activity, TableKind::Rejected];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -43,6 +49,7 @@ impl TableKind {
             TableKind::Evu1m => "evu_1m",
             TableKind::CollapseForecast => "collapse_forecast",
             TableKind::Alerts => "alerts",
+            TableKind::Erasures => "erasures",
         }
     }
 
@@ -55,6 +62,7 @@ impl TableKind {
             TableKind::Evu1m => schema::EVU_1M.clone(),
             TableKind::CollapseForecast => schema::COLLAPSE_FORECAST.clone(),
             TableKind::Alerts => schema::ALERTS.clone(),
+            TableKind::Erasures => schema::ERASURES.clone(),
         }
     }
 
@@ -67,12 +75,13 @@ impl TableKind {
             TableKind::RegionMetrics1m | TableKind::Evu1m => "window_start",
             TableKind::CollapseForecast => "issued_at",
             TableKind::Alerts => "window_end",
+            TableKind::Erasures => "requested_at",
         }
     }
 
     /// Whether the table has a `region` column (z-order by region pays there).
     pub fn has_region(self) -> bool {
-        !matches!(self, TableKind::Rejected)
+        !matches!(self, TableKind::Rejected | TableKind::Erasures)
     }
 
     pub fn partition_columns(self) -> Vec<String> {
@@ -82,6 +91,7 @@ impl TableKind {
             TableKind::RegionMetrics1m | TableKind::Evu1m => vec!["window_date".into()],
             TableKind::CollapseForecast => vec!["issued_date".into()],
             TableKind::Alerts => vec!["alert_date".into()],
+            TableKind::Erasures => Vec::new(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! plain integers. The pipelines crate decides what they mean.
 
 mod error;
+pub mod erasure;
 pub mod guard;
 mod lake;
 pub mod lifecycle;

@@ -87,14 +87,18 @@ impl PeriodKeys {
 
     /// The key of a month, created when it does not exist yet.
     fn key(&self, month: &str) -> Result<[u8; 32]> {
-        let path = self.key_path(month);
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let bytes = hex::decode(text.trim()).map_err(|e| io("reading a key", &path, std::io::Error::other(e)))?;
-            return bytes.try_into().map_err(|_| io("reading a key", &path, std::io::Error::other("not 32 bytes")));
-        }
-        let key: [u8; 32] = rand::random();
-        write_private(&path, hex::encode(key).as_bytes())?;
-        Ok(key)
+        Ok(read_key(&self.key_path(month), true)?.expect("created when missing"))
+    }
+
+    /// The lake's erasure key, created when `create` and it does not exist yet. It is never
+    /// destroyed: the ingest recognizes erased users by it as long as a topic may be replayed.
+    pub fn erasure_key(&self, create: bool) -> Result<Option<[u8; 32]>> {
+        read_key(&self.dir.join("erasure.key"), create)
+    }
+
+    /// Where the keys live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Whether the key of a month still exists.
@@ -125,6 +129,21 @@ impl PeriodKeys {
         s.insert(table.to_string(), through_us);
         write_private(&self.state_path(), &serde_json::to_vec_pretty(&s).expect("a map serializes"))
     }
+}
+
+/// A 32-byte hex key file; created (owner-only) when missing and `create`.
+fn read_key(path: &Path, create: bool) -> Result<Option<[u8; 32]>> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let bytes = hex::decode(text.trim()).map_err(|e| io("reading a key", path, std::io::Error::other(e)))?;
+        let key = bytes.try_into().map_err(|_| io("reading a key", path, std::io::Error::other("not 32 bytes")))?;
+        return Ok(Some(key));
+    }
+    if !create {
+        return Ok(None);
+    }
+    let key: [u8; 32] = rand::random();
+    write_private(path, hex::encode(key).as_bytes())?;
+    Ok(Some(key))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -199,11 +218,15 @@ impl Lake {
     pub async fn retain(&self, kind: TableKind, now: DateTime<Utc>, policy: &Policy, keys: &PeriodKeys) -> Result<RetainReport> {
         let name = kind.name();
         let mut report = RetainReport { table: name, ..Default::default() };
+        if kind == TableKind::Erasures {
+            // The record of erasures is kept: it is what keeps a replay from bringing rows back.
+            return Ok(report);
+        }
         let now_us = now.timestamp_micros();
         let age = |d: Duration| now_us.saturating_sub(d.as_micros().min(i64::MAX as u128) as i64);
         let bronze = matches!(kind, TableKind::Readings | TableKind::Activity | TableKind::Rejected);
         let cutoff = age(if bronze { policy.granular_retention } else { policy.aggregate_retention });
-        report.deleted_rows = self.delete_where(kind, col(kind.time_column()).lt(ts(cutoff)), None).await?;
+        report.deleted_rows = self.delete_where(kind, col(kind.time_column()).lt(ts(cutoff))).await?;
         if matches!(kind, TableKind::Readings | TableKind::Activity) {
             self.pseudonymize(kind, age(policy.pseudonymize_after), keys, &mut report).await?;
         }
@@ -272,15 +295,17 @@ impl Lake {
 
     /// Deletes the rows matching `predicate` (a conflicting commit makes it try again);
     /// returns how many.
-    pub async fn delete_where(&self, kind: TableKind, predicate: Expr, session: Option<SessionContext>) -> Result<u64> {
+    pub async fn delete_where(&self, kind: TableKind, predicate: Expr) -> Result<u64> {
+        let lock = self.exclusive().await?;
+        self.delete_locked(&lock, kind, predicate).await
+    }
+
+    /// [`Lake::delete_where`] under a lock the caller holds.
+    pub(crate) async fn delete_locked(&self, _lock: &crate::maintain::MaintenanceLock, kind: TableKind, predicate: Expr) -> Result<u64> {
         let name = kind.name();
-        let _lock = self.exclusive().await?;
         for attempt in 0.. {
             let table = self.open(name).await?;
-            let mut b = table.delete().with_predicate(predicate.clone()).with_writer_properties(crate::writer::writer_properties());
-            if let Some(ctx) = &session {
-                b = b.with_session_state(Arc::new(ctx.state()));
-            }
+            let b = table.delete().with_predicate(predicate.clone()).with_writer_properties(crate::writer::writer_properties());
             match b.await {
                 Ok((_, m)) => return Ok(m.num_deleted_rows.unwrap_or(0) as u64),
                 Err(e) if crate::writer::is_conflict(&e) && attempt < 10 => continue,

@@ -251,10 +251,22 @@ impl Lake {
     /// a file until its commit lands, so `full` with a short retention is only safe when nothing
     /// writes the table.
     pub async fn vacuum(&self, kind: TableKind, retention: Duration, dry_run: bool, full: bool) -> Result<VacuumReport> {
+        let lock = self.exclusive().await?;
+        self.vacuum_locked(&lock, kind, retention, dry_run, full).await
+    }
+
+    /// [`Lake::vacuum`] under a lock the caller holds.
+    pub(crate) async fn vacuum_locked(
+        &self,
+        _lock: &MaintenanceLock,
+        kind: TableKind,
+        retention: Duration,
+        dry_run: bool,
+        full: bool,
+    ) -> Result<VacuumReport> {
         use deltalake::operations::vacuum::VacuumMode;
         let name = kind.name();
         let started = Instant::now();
-        let _lock = self.exclusive().await?;
         let table = self.open(name).await?;
         let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         let (_, metrics) = table

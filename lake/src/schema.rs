@@ -166,3 +166,21 @@ pub static ALERTS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("alert_date", DataType::Date32, false),
     ]))
 });
+
+/// `erasures` (SPEC 8): one row per user of an erasure request. The user is named only by
+/// `user_key`, HMAC-SHA256(the lake's erasure key, user_hash), and `user_fp`, a keyed 64-bit
+/// fingerprint the ingest uses to drop a replayed record of an erased user cheaply; the key
+/// lives outside the lake. The `*_rows` columns and `completed_at` are set once it is done.
+pub static ERASURES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("request_id", DataType::Utf8, false),
+        Field::new("user_key", DataType::Utf8, false),
+        Field::new("user_fp", DataType::Int64, false),
+        Field::new("requested_at", ts(), false),
+        Field::new("completed_at", ts(), true),
+        Field::new("readings_rows", DataType::Int64, true),
+        Field::new("activity_rows", DataType::Int64, true),
+        Field::new("rejected_rows", DataType::Int64, true),
+        Field::new("files_removed", DataType::Int64, true),
+    ]))
+});

@@ -73,6 +73,10 @@ pub enum CommitOutcome {
     /// The table's txn version for `app_id` is `found`, not the `expected` one the rows continue
     /// from: the offsets moved underneath this commit, which is therefore not written.
     Refused { app_id: String, expected: Option<i64>, found: Option<i64> },
+    /// Only for a [fenced](TableWriter::fence) writer: another writer committed since the caller
+    /// last looked (a DELETE of an erasure, say), so nothing was written; the caller re-checks
+    /// what it commits (the erased users) and commits again. The staged files are kept.
+    Fenced,
 }
 
 /// Parquet settings: Snappy as delta-rs does, without dictionaries for the columns that are
@@ -105,6 +109,7 @@ pub(crate) fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
 /// Writes one table with per-partition exactly-once commits.
 pub struct TableWriter {
     name: &'static str,
+    lake: Lake,
     pipeline: String,
     /// The table; its snapshot may be behind `version` (see the module docs).
     table: DeltaTable,
@@ -119,6 +124,10 @@ pub struct TableWriter {
     /// The background checkpoint and log clean-up, if one is running; it returns the table
     /// brought to the checkpointed version.
     maintenance: Option<tokio::task::JoinHandle<Option<DeltaTable>>>,
+    /// See [`TableWriter::fence`].
+    fenced: bool,
+    /// A reload found versions another writer committed, not yet reported as `Fenced`.
+    foreign: bool,
 }
 
 impl TableWriter {
@@ -127,6 +136,7 @@ impl TableWriter {
         let direct = ["DefaultLogStore", "LakeFSLogStore"].contains(&table.log_store().name().as_str());
         Ok(Self {
             name: kind.name(),
+            lake: lake.clone(),
             pipeline: pipeline.to_string(),
             version: table.version(),
             direct,
@@ -134,7 +144,17 @@ impl TableWriter {
             txns: HashMap::new(),
             staged: None,
             maintenance: None,
+            fenced: false,
+            foreign: false,
         })
+    }
+
+    /// Makes [`TableWriter::commit`] return [`CommitOutcome::Fenced`] instead of committing
+    /// whenever it finds that another writer committed since the last `Fenced` (or since the
+    /// writer was opened). The bronze ingest uses it so that no commit of its lands after an
+    /// erasure's DELETE without its rows having been checked against the erased users first.
+    pub fn fence(&mut self) {
+        self.fenced = true;
     }
 
     /// Waits for the background checkpoint, if one is running.
@@ -192,7 +212,15 @@ impl TableWriter {
 
     /// Brings the table to its latest version and forgets cached txn versions.
     pub async fn reload(&mut self) -> Result<()> {
-        self.table.update_incremental(None).await.map_err(delta(self.name))?;
+        if let Err(e) = self.table.update_incremental(None).await {
+            // The log entries after our snapshot may be gone (an erasure removes every entry
+            // before its checkpoint): load the table afresh, from its last checkpoint.
+            tracing::debug!(table = self.name, error = %e, "incremental reload failed; loading the table afresh");
+            self.table = self.lake.open(self.name).await?;
+        }
+        if self.table.version() > self.version {
+            self.foreign = true;
+        }
         self.version = self.table.version();
         self.txns.clear();
         Ok(())
@@ -221,6 +249,9 @@ impl TableWriter {
     pub async fn commit(&mut self, commit: &TableCommit) -> Result<CommitOutcome> {
         let mut reloaded = false;
         for _attempt in 0..1000 {
+            if self.fenced && std::mem::take(&mut self.foreign) {
+                return Ok(CommitOutcome::Fenced);
+            }
             if let Some(refusal) = self.check(commit).await? {
                 if reloaded {
                     self.staged = None;
@@ -328,6 +359,20 @@ impl TableWriter {
         self.staged = None;
     }
 
+    /// Deletes the files staged for a commit whose rows changed (no log entry names them, so
+    /// nothing else would until a full vacuum): an erased user's rows must not stay on disk.
+    pub async fn discard_staged(&mut self) {
+        let Some(adds) = self.staged.take() else { return };
+        use deltalake::logstore::object_store::ObjectStoreExt;
+        let store = self.table.log_store().object_store(None);
+        for add in adds {
+            let path = deltalake::Path::from(add.path.as_str());
+            if let Err(e) = store.delete(&path).await {
+                tracing::warn!(table = self.name, file = %add.path, error = %e, "cannot delete a discarded staged file; a full vacuum will");
+            }
+        }
+    }
+
 }
 
 #[cfg(test)]
@@ -392,6 +437,28 @@ pub(crate) mod tests {
         let n = lake.query("SELECT count(*) FROM rejected").await.unwrap();
         let count = deltalake::arrow::array::AsArray::as_primitive::<deltalake::arrow::datatypes::Int64Type>(n[0].column(0)).value(0);
         assert_eq!(count, 6);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_writer_stops_at_another_writers_commit_once_and_keeps_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
+        let mut a = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        a.fence();
+        let mut b = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        assert!(matches!(a.commit(&commit(&[0], None)).await.unwrap(), CommitOutcome::Committed { .. }));
+        // B's commit takes the version A expects next: A reports it instead of committing...
+        b.reload().await.unwrap();
+        let other = TableCommit { batches: vec![rejected_rows(&[5])], txns: vec![OffsetTxn { topic: "t".into(), partition: 9, expected: None, last: 5 }] };
+        assert!(matches!(b.commit(&other).await.unwrap(), CommitOutcome::Committed { .. }));
+        assert_eq!(a.commit(&commit(&[1], Some(0))).await.unwrap(), CommitOutcome::Fenced);
+        // ...once: asked again, it lands on top.
+        assert!(matches!(a.commit(&commit(&[1], Some(0))).await.unwrap(), CommitOutcome::Committed { .. }));
+        let n = lake.query("SELECT count(*) FROM rejected").await.unwrap();
+        let count = deltalake::arrow::array::AsArray::as_primitive::<deltalake::arrow::datatypes::Int64Type>(n[0].column(0)).value(0);
+        assert_eq!(count, 3, "no row lost or doubled (the staged file was committed once)");
+        // An unfenced writer never reports it.
+        b.commit(&TableCommit { batches: vec![], txns: vec![OffsetTxn { topic: "t".into(), partition: 9, expected: Some(5), last: 6 }] }).await.unwrap();
     }
 
     #[tokio::test]

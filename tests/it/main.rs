@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod crash;
 mod e2e;
+mod erasure;
 mod harness;
 mod interop;
 mod lifecycle;

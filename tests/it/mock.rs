@@ -13,13 +13,13 @@ use rdkafka::mocking::MockCluster;
 
 use crate::harness::*;
 
-struct Setup {
-    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    cfg: Config,
-    _dir: tempfile::TempDir,
+pub(crate) struct Setup {
+    pub cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub cfg: Config,
+    pub _dir: tempfile::TempDir,
 }
 
-fn setup() -> Setup {
+pub(crate) fn setup() -> Setup {
     let cluster = MockCluster::new(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
@@ -47,7 +47,7 @@ fn produce_at(brokers: &str, count: u64, seed: u64, rate: u64) -> serde_json::Va
     ])
 }
 
-async fn ingest_until(cfg: &Config, committed: u64) -> Arc<Stats> {
+pub(crate) async fn ingest_until(cfg: &Config, committed: u64) -> Arc<Stats> {
     let stats = Arc::new(Stats::default());
     let shutdown = Shutdown::default();
     let task = tokio::spawn(ingest::run(cfg.clone(), stats.clone(), shutdown.clone()));

@@ -385,7 +385,7 @@ async fn openapi_describes_every_route_and_the_dashboard_is_self_contained() {
     assert!(v["openapi"].as_str().unwrap().starts_with("3.1"), "{}", v["openapi"]);
     let paths: Vec<&str> = v["paths"].as_object().unwrap().keys().map(String::as_str).collect();
     for p in ["/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/regions", "/v1/regions/{region}/signals",
-        "/v1/regions/{region}/forecast", "/v1/alerts", "/v1/stream", "/v1/sql"] {
+        "/v1/regions/{region}/forecast", "/v1/alerts", "/v1/stream", "/v1/sql", "/v1/erasure"] {
         assert!(paths.contains(&p), "{p} is not in the document: {paths:?}");
     }
     assert_eq!(v["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
@@ -406,4 +406,56 @@ async fn openapi_describes_every_route_and_the_dashboard_is_self_contained() {
     for external in ["src=\"http", "href=\"http", "@import", "url(http"] {
         assert!(!html.contains(external), "the dashboard loads nothing from elsewhere ({external})");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_needs_admin_and_a_key_directory_and_removes_the_users_rows() {
+    let (_d, mut s) = lake().await;
+    let reading = |user: &str, offset: i64| {
+        json!({"event_id": format!("e{offset}"), "schema_version": "1.0.0", "occurred_at": iso(T0), "producer": "p",
+            "idempotency_key": format!("k{offset}"), "trace_id": "t", "user_hash": user, "region": "sa-east-1", "hz": 410.0,
+            "hz_bucket": 4, "hz_bucket_derived": true, "kafka_topic": "vibration.readings", "kafka_partition": 0,
+            "kafka_offset": offset, "ingested_at": iso(T0), "late": false, "event_date": &iso(T0)[..10]})
+    };
+    write(&s.lake, TableKind::Readings, vec![reading("u_gone", 1), reading("u_stays", 2), reading("u_gone", 3)]).await;
+    let post = |s: &AppState, token: String, body: Value| {
+        let req = Request::post("/v1/erasure")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let app = router(s.clone());
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let (parts, body) = resp.into_parts();
+            let v: Value = serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
+            (parts.status, parts.headers, v)
+        }
+    };
+    let gone = json!({"user_hashes": ["u_gone"]});
+    let (st, h, v) = post(&s, token(&s, &[Scope::SqlQuery, Scope::SignalsRead]), gone.clone()).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_envelope(&v, &h, "forbidden");
+    let (st, h, v) = post(&s, token(&s, &[Scope::Admin]), gone.clone()).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "no key directory: {v}");
+    assert_envelope(&v, &h, "unavailable");
+    let keys_dir = tempfile::tempdir().unwrap();
+    s.erasure_keys = Some(campo_lake::lifecycle::PeriodKeys::open(keys_dir.path(), &s.lake).unwrap());
+    let (st, h, v) = post(&s, token(&s, &[Scope::Admin]), json!({"user_hashes": []})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_envelope(&v, &h, "invalid_request");
+    let (st, _, v) = post(&s, token(&s, &[Scope::Admin]), gone).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["rows"]["readings"], 2, "{v}");
+    assert_eq!(v["users"], 1);
+    let left = s.lake.query("SELECT user_hash FROM readings").await.unwrap();
+    let users: Vec<String> = left.iter().flat_map(|b| {
+        use campo_lake::arrow::array::AsArray;
+        let c = campo_lake::arrow::compute::cast(b.column(0), &campo_lake::arrow::datatypes::DataType::Utf8).unwrap();
+        c.as_string::<i32>().iter().map(|x| x.unwrap().to_string()).collect::<Vec<_>>()
+    }).collect();
+    assert_eq!(users, vec!["u_stays".to_string()]);
+    let recorded = s.lake.query("SELECT count(*) FROM erasures WHERE completed_at IS NOT NULL AND readings_rows = 2").await.unwrap();
+    use campo_lake::arrow::array::AsArray;
+    assert_eq!(recorded[0].column(0).as_primitive::<campo_lake::arrow::datatypes::Int64Type>().value(0), 1);
 }

@@ -18,6 +18,7 @@
 //!    drops everything buffered and in flight, forgets their dedup keys, and seeks again.
 
 mod consumer;
+mod erased;
 mod positions;
 mod state;
 mod writer;
@@ -44,6 +45,8 @@ pub struct Counts {
     pub duplicate: [u64; 2],
     /// Of `bronze`, rows flagged `late` (their window was already closed).
     pub late: [u64; 2],
+    /// Records of erased users (SPEC 8), dropped.
+    pub erased: [u64; 2],
     pub rejected: BTreeMap<(usize, Reason), u64>,
 }
 
@@ -92,6 +95,8 @@ pub struct Stats {
     pub bronze: [AtomicU64; 2],
     pub duplicate: [AtomicU64; 2],
     pub dlq: [AtomicU64; 2],
+    /// Records of erased users dropped (SPEC 8): a replay does not bring them back.
+    pub erased: [AtomicU64; 2],
     pub flushes: AtomicU64,
     pub refused: AtomicU64,
     pub consumer_lag: AtomicI64,
@@ -217,6 +222,7 @@ impl Stats {
                 self.bronze[i].load(Ordering::Relaxed)
                     + self.duplicate[i].load(Ordering::Relaxed)
                     + self.dlq[i].load(Ordering::Relaxed)
+                    + self.erased[i].load(Ordering::Relaxed)
             })
             .sum()
     }

@@ -10,6 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::contract::Reason;
 use crate::windows::WindowInput;
 
+use super::erased::{ErasureGuard, Part};
 use super::{Flush, IngestError, Shared, Shutdown, Stats, WriterEvent};
 
 enum Step {
@@ -24,6 +25,8 @@ struct Tables {
     readings: TableWriter,
     activity: TableWriter,
     rejected: TableWriter,
+    /// The erased users every commit is checked against.
+    guard: ErasureGuard,
 }
 
 pub(crate) async fn run(
@@ -37,12 +40,17 @@ pub(crate) async fn run(
         readings: TableWriter::open(&shared.lake, TableKind::Readings, pipeline).await?,
         activity: TableWriter::open(&shared.lake, TableKind::Activity, pipeline).await?,
         rejected: TableWriter::open(&shared.lake, TableKind::Rejected, pipeline).await?,
+        guard: ErasureGuard::open(&shared).await?,
     };
+    // Another writer's commit (an erasure's DELETE) makes a commit re-check the erased users.
+    for w in [&mut tables.readings, &mut tables.activity, &mut tables.rejected] {
+        w.fence();
+    }
     shared.stats.lake_ready.store(true, Ordering::SeqCst);
     let producer = dlq_producer(&shared)?;
     let mut refused_epoch = 0;
     let mut window_generation = None;
-    while let Some(flush) = flushes.recv().await {
+    while let Some(mut flush) = flushes.recv().await {
         if flush.epoch <= refused_epoch {
             // Cut before the consumer resynchronised: continues from offsets that were refused.
             let keys = flush.keys.concat();
@@ -50,7 +58,7 @@ pub(crate) async fn run(
         } else {
             let started = std::time::Instant::now();
             let trace = flush.trace.map(|t| super::CloseTrace { started: Some(started), ..t });
-            let outcome = commit_flush(&shared, &mut tables, &producer, &flush).await;
+            let outcome = commit_flush(&shared, &mut tables, &producer, &mut flush).await;
             match outcome {
                 (Step::Done, _) => {
                     record_counts(&shared, &flush);
@@ -111,29 +119,35 @@ fn dlq_producer(shared: &Shared) -> Result<FutureProducer, IngestError> {
     Ok(c.create()?)
 }
 
-/// Commits one flush: `rejected`, then the DLQ records, then `readings` and `activity`.
+/// Commits one flush: `rejected`, then the DLQ records, then `readings` and `activity`, each
+/// checked against the erased users first (their rows leave the flush).
 /// Returns the step reached and the dedup keys of bronze rows that were not committed.
-async fn commit_flush(shared: &Shared, t: &mut Tables, producer: &FutureProducer, f: &Flush) -> (Step, Vec<u64>) {
-    let all_keys = || f.keys.concat();
+async fn commit_flush(shared: &Shared, t: &mut Tables, producer: &FutureProducer, f: &mut Flush) -> (Step, Vec<u64>) {
+    let all_keys = |f: &Flush| f.keys.concat();
     if f.rejected.rows() > 0 {
-        match commit_table(shared, &mut t.rejected, &f.rejected).await {
+        match commit_table(shared, &mut t.rejected, &mut t.guard, f, Part::Rejected).await {
             Step::Done => {}
-            other => return (other, all_keys()),
+            other => return (other, all_keys(f)),
         }
+    } else if !f.dlq.is_empty()
+        && let Err(e) = t.guard.apply(shared, f, Part::Rejected)
+    {
+        tracing::warn!(error = %e, "checking DLQ records against erased users");
+        return (Step::GaveUp, all_keys(f));
     }
     if !f.dlq.is_empty() {
         if let Step::GaveUp = send_dlq(shared, producer, f).await {
-            return (Step::GaveUp, all_keys());
+            return (Step::GaveUp, all_keys(f));
         }
     }
     if !f.readings.txns.is_empty() {
-        match commit_table(shared, &mut t.readings, &f.readings).await {
+        match commit_table(shared, &mut t.readings, &mut t.guard, f, Part::Readings).await {
             Step::Done => {}
-            other => return (other, all_keys()),
+            other => return (other, all_keys(f)),
         }
     }
     if !f.activity.txns.is_empty() {
-        match commit_table(shared, &mut t.activity, &f.activity).await {
+        match commit_table(shared, &mut t.activity, &mut t.guard, f, Part::Activity).await {
             Step::Done => {}
             other => return (other, f.keys[1].clone()),
         }
@@ -141,14 +155,48 @@ async fn commit_flush(shared: &Shared, t: &mut Tables, producer: &FutureProducer
     (Step::Done, Vec::new())
 }
 
-/// Commits one table of a flush, retrying with backoff while the lake cannot be written.
-async fn commit_table(shared: &Shared, w: &mut TableWriter, c: &TableCommit) -> Step {
-    match commit_retrying(w, c, &shared.stats, &shared.shutdown).await {
-        Ok(CommitOutcome::Committed { .. }) => Step::Done,
-        Ok(CommitOutcome::Refused { app_id, expected, found }) => {
-            Step::Refused(format!("{}: {app_id} expected txn version {expected:?}, found {found:?}", w.name()))
+/// Commits one table of a flush, retrying with backoff while the lake cannot be written. The
+/// rows are checked against the erased users before every attempt that follows another
+/// writer's commit (see `erased.rs`).
+async fn commit_table(shared: &Shared, w: &mut TableWriter, guard: &mut ErasureGuard, f: &mut Flush, part: Part) -> Step {
+    let mut force = false;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let checked = match guard.refresh(shared, force).await {
+            Ok(()) => guard.apply(shared, f, part),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(changed) => {
+                if changed {
+                    // The staged files hold the rows that just went.
+                    w.discard_staged().await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(table = w.name(), error = %e, "cannot read the erased users; the commit waits");
+                if shared.shutdown.is_triggered() {
+                    return Step::GaveUp;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                force = true;
+                continue;
+            }
         }
-        Err(_) => Step::GaveUp,
+        let c = match part {
+            Part::Readings => &f.readings,
+            Part::Activity => &f.activity,
+            Part::Rejected => &f.rejected,
+        };
+        match commit_retrying(w, c, &shared.stats, &shared.shutdown).await {
+            Ok(CommitOutcome::Committed { .. }) => return Step::Done,
+            Ok(CommitOutcome::Refused { app_id, expected, found }) => {
+                return Step::Refused(format!("{}: {app_id} expected txn version {expected:?}, found {found:?}", w.name()));
+            }
+            Ok(CommitOutcome::Fenced) => force = true,
+            Err(_) => return Step::GaveUp,
+        }
     }
 }
 
@@ -235,6 +283,8 @@ fn record_counts(shared: &Shared, f: &Flush) {
         shared.stats.bronze[i].fetch_add(c.bronze[i], Ordering::Relaxed);
         shared.stats.duplicate[i].fetch_add(c.duplicate[i], Ordering::Relaxed);
         shared.stats.late[i].fetch_add(c.late[i], Ordering::Relaxed);
+        shared.stats.erased[i].fetch_add(c.erased[i], Ordering::Relaxed);
+        metrics::counter!("campo_records_total", "topic" => topics[i].clone(), "outcome" => "erased").increment(c.erased[i]);
         metrics::counter!("campo_late_total", "topic" => topics[i].clone()).increment(c.late[i]);
         metrics::counter!("campo_records_total", "topic" => topics[i].clone(), "outcome" => "bronze").increment(c.bronze[i]);
         metrics::counter!("campo_records_total", "topic" => topics[i].clone(), "outcome" => "duplicate").increment(c.duplicate[i]);
