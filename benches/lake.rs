@@ -7,7 +7,8 @@
 //!    speed-up;
 //! 2. the time from an erasure request (`Lake::forget`, what `campo forget` runs) to the user
 //!    verified erased: no row left, and no byte of the `user_hash` in any file under the lake
-//!    root (the scan is part of the time).
+//!    root (the scan is part of the time); once on the lake as ingested (the user's rows in
+//!    about a hundred small files) and once after compaction (in a few large ones).
 //!
 //! Run: `cargo bench --bench lake` (CAMPO_BENCH_DIR: where the lake is built, default a
 //! temporary directory).
@@ -125,6 +126,37 @@ fn contains(path: &std::path::Path, needle: &[u8]) -> bool {
     bytes.windows(needle.len()).any(|w| w == needle)
 }
 
+fn count_of(b: &[RecordBatch]) -> i64 {
+    use campo_lake::arrow::array::AsArray;
+    b[0].column(0).as_primitive::<campo_lake::arrow::datatypes::Int64Type>().value(0)
+}
+
+/// Erases `victim` (what `campo forget` runs) and verifies it: no row left and no file under
+/// the lake root holding the `user_hash` bytes. Returns the seconds to erased and to verified.
+async fn erase(lake: &Lake, root: &std::path::Path, keys: &campo_lake::lifecycle::PeriodKeys, victim: &str) -> (f64, f64) {
+    let count = format!("SELECT count(*) FROM readings WHERE user_hash = '{victim}'");
+    let n_before = count_of(&lake.query(&count).await.unwrap());
+    let files_before = lake.status(TableKind::Readings).await.unwrap().unwrap().files;
+    let t = Instant::now();
+    let report = lake.forget(&[victim.to_string()], keys, Duration::from_secs(3600)).await.unwrap();
+    let erased_s = t.elapsed().as_secs_f64();
+    let left = count_of(&lake.query(&count).await.unwrap());
+    let files = files_under(root);
+    let found: Vec<_> = files.iter().filter(|p| contains(p, victim.as_bytes())).collect();
+    let verified_s = t.elapsed().as_secs_f64();
+    assert_eq!(left, 0, "rows of the user left");
+    assert!(found.is_empty(), "the user_hash is still in {found:?}");
+    println!(
+        "   {} of the user's {n_before} rows deleted from a table of {files_before} files; {} files and {} log entries deleted; {} files scanned, none holds the user_hash",
+        report.rows.get("readings").copied().unwrap_or(0),
+        report.files_removed,
+        report.log_entries_removed,
+        files.len()
+    );
+    println!("   erased in {erased_s:.1} s; verified erased (no row, no byte) at {verified_s:.1} s (target <= 300 s)");
+    (erased_s, verified_s)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let total = env("CAMPO_BENCH_READINGS", 10_000_000);
@@ -159,6 +191,10 @@ async fn main() {
     let (before, rows) = analyst_query(&lake).await;
     println!("   best of 3: {:.3} s ({rows} rows)", before);
 
+    let keys = campo_lake::lifecycle::PeriodKeys::open(&base.join("lake.keys"), &lake).unwrap();
+    println!("== erasure of one user from the lake as ingested (small files), request to verified erased");
+    let (erased_small, verified_small) = erase(&lake, &root, &keys, &user(4242)).await;
+
     println!("== compaction: bin-packing, then z-order by region (campo lake optimize --zorder)");
     let t = Instant::now();
     let compact = lake.optimize(TableKind::Readings, &OptimizeOptions::default()).await.unwrap();
@@ -179,36 +215,7 @@ async fn main() {
     assert_eq!(rows, rows_after, "the same answer after compaction");
     println!("   best of 3 after: {:.3} s; speed-up {:.1}x", after, before / after);
 
-    println!("== erasure of one user, request to verified erased");
-    let keys_dir = base.join("lake.keys");
-    let keys = campo_lake::lifecycle::PeriodKeys::open(&keys_dir, &lake).unwrap();
-    let victim = user(4242);
-    let n_before = {
-        let b = lake.query(&format!("SELECT count(*) FROM readings WHERE user_hash = '{victim}'")).await.unwrap();
-        use campo_lake::arrow::array::AsArray;
-        b[0].column(0).as_primitive::<campo_lake::arrow::datatypes::Int64Type>().value(0)
-    };
-    let t = Instant::now();
-    let report = lake.forget(std::slice::from_ref(&victim), &keys, Duration::from_secs(3600)).await.unwrap();
-    let erased_s = t.elapsed().as_secs_f64();
-    let left = {
-        let b = lake.query(&format!("SELECT count(*) FROM readings WHERE user_hash = '{victim}'")).await.unwrap();
-        use campo_lake::arrow::array::AsArray;
-        b[0].column(0).as_primitive::<campo_lake::arrow::datatypes::Int64Type>().value(0)
-    };
-    let files = files_under(&root);
-    let found: Vec<_> = files.iter().filter(|p| contains(p, victim.as_bytes())).collect();
-    let verified_s = t.elapsed().as_secs_f64();
-    assert_eq!(left, 0, "rows of the user left");
-    assert!(found.is_empty(), "the user_hash is still in {found:?}");
-    println!(
-        "   {} rows of the user deleted ({} in the lake before), {} files and {} log entries deleted; {} files scanned, none holds the user_hash",
-        report.rows.get("readings").copied().unwrap_or(0),
-        n_before,
-        report.files_removed,
-        report.log_entries_removed,
-        files.len()
-    );
-    println!("   erased in {erased_s:.1} s; verified erased (no row, no byte) at {verified_s:.1} s (target <= 300 s)");
-    println!("RESULT readings={total} query_before_s={before:.3} query_after_s={after:.3} speedup={:.1} erasure_s={erased_s:.1} verified_s={verified_s:.1}", before / after);
+    println!("== erasure of one user from the compacted lake, request to verified erased");
+    let (erased_big, verified_big) = erase(&lake, &root, &keys, &user(777)).await;
+    println!("RESULT readings={total} query_before_s={before:.3} query_after_s={after:.3} speedup={:.1} erasure_small_files_s={erased_small:.1} verified_s={verified_small:.1} erasure_compacted_s={erased_big:.1} verified_s={verified_big:.1}", before / after);
 }
