@@ -79,8 +79,8 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<()> {
         println!("{table}: {n} rows deleted");
     }
     println!(
-        "{} data files and {} log entries deleted; {} DELETE pass(es); {} ms",
-        r.files_removed, r.log_entries_removed, r.delete_passes, r.elapsed_ms
+        "{} data files deleted, {} log files scrubbed of the users; {} DELETE pass(es); {} ms",
+        r.files_removed, r.log_entries_scrubbed, r.delete_passes, r.elapsed_ms
     );
     Ok(())
 }

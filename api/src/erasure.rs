@@ -37,7 +37,7 @@ pub struct ErasureDone {
     /// Rows deleted per table.
     pub rows: std::collections::BTreeMap<String, u64>,
     pub files_removed: u64,
-    pub log_entries_removed: u64,
+    pub log_entries_scrubbed: u64,
     pub elapsed_ms: u64,
 }
 
@@ -82,7 +82,7 @@ pub async fn erasure(State(s): State<AppState>, p: Principal, Json(req): Json<Er
         completed_at: r.completed_at,
         rows: r.rows.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         files_removed: r.files_removed,
-        log_entries_removed: r.log_entries_removed,
+        log_entries_scrubbed: r.log_entries_scrubbed,
         elapsed_ms: r.elapsed_ms,
     }))
 }

@@ -158,8 +158,8 @@ pub struct ErasureReport {
     pub rows: BTreeMap<&'static str, u64>,
     /// Data files deleted from storage (those that held the rows, and older unreferenced ones).
     pub files_removed: u64,
-    /// Log entries and checkpoints deleted (the history before the erasure).
-    pub log_entries_removed: u64,
+    /// Log entries rewritten without the identifiers, and older checkpoints deleted.
+    pub log_entries_scrubbed: u64,
     /// DELETE passes until no row was left (more than one when an ingest commit raced).
     pub delete_passes: u32,
     pub elapsed_ms: u64,
@@ -272,7 +272,7 @@ impl Lake {
         let mut rows = BTreeMap::new();
         let mut passes = 0;
         let mut files_removed = 0u64;
-        let mut log_entries_removed = 0u64;
+        let mut log_entries_scrubbed = 0u64;
         for kind in TableKind::USER_ROWS {
             if self.open(kind.name()).await.is_err() {
                 continue;
@@ -303,7 +303,7 @@ impl Lake {
             rows.insert(kind.name(), deleted);
             files_removed += self.vacuum_locked(&lock, kind, Duration::ZERO, false, false).await?.files_deleted as u64;
             files_removed += self.vacuum_locked(&lock, kind, orphan_grace, false, true).await?.files_deleted as u64;
-            log_entries_removed += self.purge_history(kind).await?;
+            log_entries_scrubbed += self.scrub_history(kind, &users).await?;
             self.check_log_clean(kind, &users).await?;
         }
         drop(lock);
@@ -330,7 +330,7 @@ impl Lake {
             completed_at: iso(completed_at),
             rows,
             files_removed,
-            log_entries_removed,
+            log_entries_scrubbed,
             delete_passes: passes,
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
@@ -356,21 +356,30 @@ impl Lake {
         let files: Vec<_> = store.list(Some(&deltalake::Path::from("_delta_log"))).try_collect().await.map_err(|e| delta(name)(e.into()))?;
         for f in files {
             let bytes = store.get(&f.location).await.map_err(|e| delta(name)(e.into()))?.bytes().await.map_err(|e| delta(name)(e.into()))?;
-            if users.iter().any(|u| bytes.windows(u.len()).any(|w| w == u.as_bytes())) {
+            if mentions_any(&bytes, users) {
                 return Err(LakeError::Erasure(format!("{name}: the log entry {} still names an erased user; run the erasure again", f.location)));
             }
         }
         Ok(())
     }
 
-    /// Checkpoints the latest version and deletes every log entry and checkpoint before it;
-    /// returns how many files went. Checked twice, a second apart: a writer's checkpoint of an
-    /// older version finishing meanwhile is removed again, and the latest checkpoint rewritten.
-    async fn purge_history(&self, kind: TableKind) -> Result<u64> {
+    /// Checkpoints the latest version, deletes every older checkpoint, and rewrites every log
+    /// entry up to that version that names one of `users` without its file statistics and
+    /// operation parameters (where the identifiers are); returns how many files went or were
+    /// rewritten. Checked twice, a second apart: a writer's checkpoint of an older version
+    /// finishing meanwhile is removed again, and the latest checkpoint rewritten.
+    ///
+    /// The entries are rewritten, not deleted: a writer whose view of the table predates the
+    /// erasure writes its next entry at the version after the last one it saw, and only an
+    /// occupied version turns it away (Delta's put-if-absent). A deleted entry would let that
+    /// commit land below the checkpoint, where no reader looks: its rows and its offsets
+    /// would be lost while the writer believed them committed.
+    async fn scrub_history(&self, kind: TableKind, users: &[String]) -> Result<u64> {
         use deltalake::logstore::object_store::ObjectStoreExt;
         use futures_util::TryStreamExt;
         let name = kind.name();
-        let mut removed = 0;
+        let err = |e: deltalake::logstore::object_store::Error| delta(name)(e.into());
+        let mut touched = 0;
         for round in 0..2 {
             if round > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -380,18 +389,61 @@ impl Lake {
             deltalake::checkpoints::create_checkpoint(&table, None).await.map_err(delta(name))?;
             let store = table.log_store().object_store(None);
             let log = deltalake::Path::from("_delta_log");
-            let files: Vec<_> = store.list(Some(&log)).try_collect().await.map_err(|e| delta(name)(e.into()))?;
+            let files: Vec<_> = store.list(Some(&log)).try_collect().await.map_err(err)?;
             for f in files {
                 let file = f.location.filename().unwrap_or_default();
-                let v = file.get(..20).filter(|d| d.bytes().all(|b| b.is_ascii_digit())).and_then(|d| d.parse::<u64>().ok());
-                if v.is_some_and(|v| v < version) {
-                    store.delete(&f.location).await.map_err(|e| delta(name)(e.into()))?;
-                    removed += 1;
+                let Some(v) = file.get(..20).filter(|d| d.bytes().all(|b| b.is_ascii_digit())).and_then(|d| d.parse::<u64>().ok()) else {
+                    continue;
+                };
+                if file.ends_with(".json") && v <= version {
+                    let bytes = store.get(&f.location).await.map_err(err)?.bytes().await.map_err(err)?;
+                    if mentions_any(&bytes, users) {
+                        let scrubbed = scrub_log_entry(&bytes).map_err(|e| LakeError::Erasure(format!("{name}: rewriting {}: {e}", f.location)))?;
+                        store.put(&f.location, scrubbed.into()).await.map_err(err)?;
+                        touched += 1;
+                    }
+                } else if !file.ends_with(".json") && v < version {
+                    store.delete(&f.location).await.map_err(err)?;
+                    touched += 1;
                 }
             }
         }
-        Ok(removed)
+        Ok(touched)
     }
+}
+
+fn mentions_any(bytes: &[u8], users: &[String]) -> bool {
+    users.iter().any(|u| bytes.windows(u.len()).any(|w| w == u.as_bytes()))
+}
+
+/// A log entry without what can carry a user identifier: the statistics of its files (the
+/// min and max of `user_hash`, of `record`) and the parameters of its operation (a DELETE's
+/// predicate). Every action stays, so the entry still describes the same version.
+fn scrub_log_entry(bytes: &[u8]) -> std::result::Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
+        let mut action: serde_json::Value = serde_json::from_slice(line)?;
+        if let Some(obj) = action.as_object_mut() {
+            for (kind, body) in obj.iter_mut() {
+                let Some(body) = body.as_object_mut() else { continue };
+                match kind.as_str() {
+                    "add" | "remove" | "cdc" => {
+                        body.remove("stats");
+                        body.remove("stats_parsed");
+                    }
+                    "commitInfo" => {
+                        if body.remove("operationParameters").is_some() {
+                            body.insert("operationParameters".into(), serde_json::json!({"scrubbed": "erasure"}));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        serde_json::to_writer(&mut out, &action)?;
+        out.push(b'\n');
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -412,5 +464,67 @@ mod tests {
         // A fingerprint collision without the same HMAC is not a match.
         erased.by_fp.entry(key.fingerprint("u_other")).or_default().push(("not its key".into(), 1_000));
         assert_eq!(erased.erased_at("u_other"), None);
+    }
+
+    /// Rejected rows whose raw record names `user`.
+    fn rejected_of(user: &str, offsets: &[i64], expected: Option<i64>) -> TableCommit {
+        let mut c = crate::writer::tests::commit(offsets, expected);
+        let b = &c.batches[0];
+        let mut columns = b.columns().to_vec();
+        columns[7] = Arc::new(StringArray::from(vec![format!("{{\"user_hash\":\"{user}\"}}"); offsets.len()]));
+        c.batches[0] = RecordBatch::try_new(b.schema(), columns).unwrap();
+        c
+    }
+
+    async fn rows(lake: &Lake) -> usize {
+        let ctx = lake.session_of(&[TableKind::Rejected]).await.unwrap();
+        ctx.table("rejected").await.unwrap().count().await.unwrap()
+    }
+
+    /// A writer whose view of the table predates the erasure commits after it: its entry must
+    /// land where readers see it (the erasure keeps every version occupied), not below the
+    /// erasure's checkpoint with its rows and offsets lost.
+    #[tokio::test]
+    async fn a_writer_behind_an_erasure_commits_where_readers_see_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path().join("lake").to_str().unwrap(), Default::default()).unwrap();
+        let keys = PeriodKeys::open(dir.path().join("keys"), &lake).unwrap();
+        let mut w = crate::TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        for (user, offsets, expected) in [("u_gone", [0, 1, 2], None), ("u_stays", [3, 4, 5], Some(2))] {
+            assert!(matches!(w.commit(&rejected_of(user, &offsets, expected)).await.unwrap(), CommitOutcome::Committed { .. }));
+        }
+        let report = lake.forget(&["u_gone".into()], &keys, Duration::ZERO).await.unwrap();
+        assert_eq!(report.rows.get("rejected"), Some(&3));
+        assert!(report.log_entries_scrubbed > 0, "the DELETE's entry names the user: {report:?}");
+        assert_eq!(rows(&lake).await, 3);
+
+        let outcome = w.commit(&rejected_of("u_new", &[6, 7], Some(5))).await.unwrap();
+        assert!(matches!(outcome, CommitOutcome::Committed { .. }), "{outcome:?}");
+        assert_eq!(rows(&lake).await, 5, "the stale writer's rows are visible");
+        let mut fresh = crate::TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        assert_eq!(fresh.txn_version("t", 0).await.unwrap(), Some(7), "and so are its offsets");
+        // The scrubbed history still loads: every version up to the latest.
+        let latest = lake.open("rejected").await.unwrap().version().unwrap() as u64;
+        for v in 0..=latest {
+            lake.open_at("rejected", v).await.unwrap_or_else(|e| panic!("version {v}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_scrubbed_log_entry_keeps_its_actions_and_loses_statistics_and_parameters() {
+        let entry = concat!(
+            r#"{"commitInfo":{"operation":"DELETE","operationParameters":{"predicate":"user_hash IN ('u_gone')"},"readVersion":3}}"#, "\n",
+            r#"{"add":{"path":"a.parquet","size":10,"partitionValues":{},"dataChange":true,"stats":"{\"minValues\":{\"user_hash\":\"u_gone\"}}"}}"#, "\n",
+            r#"{"remove":{"path":"b.parquet","dataChange":true,"deletionTimestamp":1}}"#, "\n",
+            r#"{"txn":{"appId":"p-t-0","version":7}}"#, "\n",
+        );
+        let out = String::from_utf8(scrub_log_entry(entry.as_bytes()).unwrap()).unwrap();
+        assert!(!out.contains("u_gone"), "{out}");
+        let actions: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(actions.len(), 4);
+        assert_eq!(actions[0]["commitInfo"]["readVersion"], 3);
+        assert_eq!(actions[1]["add"]["path"], "a.parquet");
+        assert_eq!(actions[2]["remove"]["path"], "b.parquet");
+        assert_eq!(actions[3]["txn"]["version"], 7);
     }
 }

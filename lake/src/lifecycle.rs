@@ -31,6 +31,10 @@ use hmac::{KeyInit, Mac};
 use crate::error::{LakeError, Result, delta};
 use crate::lake::{Lake, TableKind};
 
+/// How many times a DELETE or UPDATE runs again when a concurrent commit (an ingest's append
+/// every flush) conflicts with it; each run reads the latest version.
+const RERUNS: u32 = 30;
+
 /// The ages that decide a row's fate.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -308,7 +312,10 @@ impl Lake {
             let b = table.delete().with_predicate(predicate.clone()).with_writer_properties(crate::writer::writer_properties());
             match b.await {
                 Ok((_, m)) => return Ok(m.num_deleted_rows.unwrap_or(0) as u64),
-                Err(e) if crate::writer::is_conflict(&e) && attempt < 10 => continue,
+                Err(e) if crate::writer::is_rerunnable_conflict(&e) && attempt < RERUNS => {
+                    tracing::debug!(table = name, attempt, error = %e, "a concurrent commit; running again on the latest version");
+                    tokio::time::sleep(Duration::from_millis(50 * (attempt as u64 + 1).min(10))).await;
+                }
                 Err(e) => return Err(delta(name)(e)),
             }
         }
@@ -332,7 +339,10 @@ impl Lake {
                 .await;
             match r {
                 Ok((_, m)) => return Ok(m.num_updated_rows as u64),
-                Err(e) if crate::writer::is_conflict(&e) && attempt < 10 => continue,
+                Err(e) if crate::writer::is_rerunnable_conflict(&e) && attempt < RERUNS => {
+                    tracing::debug!(table = name, attempt, error = %e, "a concurrent commit; running again on the latest version");
+                    tokio::time::sleep(Duration::from_millis(50 * (attempt as u64 + 1).min(10))).await;
+                }
                 Err(e) => return Err(delta(name)(e)),
             }
         }

@@ -106,6 +106,14 @@ pub(crate) fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
     )
 }
 
+/// A conflict that an operation which read the table (a DELETE, an UPDATE) resolves by running
+/// again on the latest version: another commit took its version, or added or removed files its
+/// read could cover (an ingest commit landing during an erasure's DELETE).
+pub(crate) fn is_rerunnable_conflict(e: &deltalake::DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError as T;
+    is_conflict(e) || matches!(e, deltalake::DeltaTableError::Transaction { source: T::CommitConflict(_) })
+}
+
 /// Writes one table with per-partition exactly-once commits.
 pub struct TableWriter {
     name: &'static str,
@@ -213,8 +221,8 @@ impl TableWriter {
     /// Brings the table to its latest version and forgets cached txn versions.
     pub async fn reload(&mut self) -> Result<()> {
         if let Err(e) = self.table.update_incremental(None).await {
-            // The log entries after our snapshot may be gone (an erasure removes every entry
-            // before its checkpoint): load the table afresh, from its last checkpoint.
+            // The checkpoint our snapshot was read from may be gone (an erasure deletes the
+            // checkpoints before its own): load the table afresh, from the latest checkpoint.
             tracing::debug!(table = self.name, error = %e, "incremental reload failed; loading the table afresh");
             self.table = self.lake.open(self.name).await?;
         }

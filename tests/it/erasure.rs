@@ -20,7 +20,7 @@ async fn others(l: &campo_lake::Lake, victim: &str) -> [BTreeMap<String, i64>; 3
     [
         counts_by(l, &format!("SELECT event_id, kafka_offset FROM readings WHERE user_hash <> '{victim}'")).await,
         counts_by(l, &format!("SELECT event_id, kafka_offset FROM activity WHERE user_hash <> '{victim}'")).await,
-        counts_by(l, &format!("SELECT source_topic || '/' || CAST(\"offset\" AS VARCHAR), size_bytes FROM rejected WHERE strpos(record, '{victim}') = 0")).await,
+        counts_by(l, &format!("SELECT source_topic || '/' || CAST(\"partition\" AS VARCHAR) || '/' || CAST(\"offset\" AS VARCHAR), size_bytes FROM rejected WHERE strpos(record, '{victim}') = 0")).await,
     ]
 }
 

@@ -20,6 +20,9 @@ pub(crate) struct Setup {
 }
 
 pub(crate) fn setup() -> Setup {
+    // The in-process ingest's log, shown with a failing test's output (RUST_LOG, default warn).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     let cluster = MockCluster::new(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
