@@ -9,8 +9,11 @@
 //! Run: `scripts/bench.sh` (or `cargo bench --bench ingest` with CAMPO_TANSU set).
 //! CAMPO_BENCH_EVENTS (default 2,000,000) sets the size; CAMPO_BENCH_SOAK_SECS (default 0)
 //! adds a soak phase: a producer writes at CAMPO_BENCH_SOAK_RATE events/s for that long while
-//! campo ingests, and RSS is printed every 10 s.
+//! campo ingests, and RSS is printed every 10 s. CAMPO_BENCH_DEDUP_MAX_KEYS lowers the dedup
+//! set's bound, to see RSS level off within a short soak once the bound is reached.
 
+#[path = "../src/alloc.rs"]
+mod alloc;
 #[path = "../tests/it/harness.rs"]
 #[allow(dead_code)]
 mod harness;
@@ -42,6 +45,7 @@ fn rss_mib() -> f64 {
 }
 
 fn main() {
+    alloc::limit_arenas();
     let n: u64 = std::env::var("CAMPO_BENCH_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
     let soak: u64 = std::env::var("CAMPO_BENCH_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let soak_rate: u64 = std::env::var("CAMPO_BENCH_SOAK_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
@@ -96,6 +100,9 @@ fn main() {
     cfg.kafka.activity_topic = a.into();
     cfg.lake.path = dir.path().join("lake").to_str().unwrap().into();
     cfg.metrics.listen = String::new();
+    if let Some(n) = std::env::var("CAMPO_BENCH_DEDUP_MAX_KEYS").ok().and_then(|s| s.parse().ok()) {
+        cfg.ingest.dedup_max_keys = n;
+    }
     let stats = Arc::new(Stats::default());
     let shutdown = Shutdown::default();
     let rss0 = rss_mib();

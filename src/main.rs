@@ -1,5 +1,6 @@
 //! `campo`: the command-line entry point.
 
+mod alloc;
 mod api_cmd;
 mod backtest_cmd;
 mod cli;
@@ -28,6 +29,7 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    alloc::limit_arenas();
     let cli = Cli::parse();
     cli::init_tracing(&cli.global);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
