@@ -380,6 +380,9 @@ impl Lake {
         let name = kind.name();
         let err = |e: deltalake::logstore::object_store::Error| delta(name)(e.into());
         let mut touched = 0;
+        // Entries up to a round's version are scrubbed by it (and occupied: none is written
+        // again), so the next round reads only the newer ones.
+        let mut scrubbed_through = None;
         for round in 0..2 {
             if round > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -395,7 +398,7 @@ impl Lake {
                 let Some(v) = file.get(..20).filter(|d| d.bytes().all(|b| b.is_ascii_digit())).and_then(|d| d.parse::<u64>().ok()) else {
                     continue;
                 };
-                if file.ends_with(".json") && v <= version {
+                if file.ends_with(".json") && v <= version && scrubbed_through.is_none_or(|s| v > s) {
                     let bytes = store.get(&f.location).await.map_err(err)?.bytes().await.map_err(err)?;
                     if mentions_any(&bytes, users) {
                         let scrubbed = scrub_log_entry(&bytes).map_err(|e| LakeError::Erasure(format!("{name}: rewriting {}: {e}", f.location)))?;
@@ -407,6 +410,7 @@ impl Lake {
                     touched += 1;
                 }
             }
+            scrubbed_through = Some(version);
         }
         Ok(touched)
     }

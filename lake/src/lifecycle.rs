@@ -306,15 +306,26 @@ impl Lake {
 
     /// [`Lake::delete_where`] under a lock the caller holds.
     pub(crate) async fn delete_locked(&self, _lock: &crate::maintain::MaintenanceLock, kind: TableKind, predicate: Expr) -> Result<u64> {
+        self.rerun_on_conflict(kind, |table| {
+            let b = table.delete().with_predicate(predicate.clone()).with_writer_properties(crate::writer::writer_properties());
+            async move { b.await.map(|(_, m)| m.num_deleted_rows.unwrap_or(0) as u64) }
+        })
+        .await
+    }
+
+    /// Runs `op` (a DELETE or UPDATE) on the table's latest version, and again after a short
+    /// pause while a concurrent commit conflicts with it, up to [`RERUNS`] times.
+    async fn rerun_on_conflict<T, Fut>(&self, kind: TableKind, mut op: impl FnMut(deltalake::DeltaTable) -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = std::result::Result<T, deltalake::DeltaTableError>>,
+    {
         let name = kind.name();
         for attempt in 0.. {
-            let table = self.open(name).await?;
-            let b = table.delete().with_predicate(predicate.clone()).with_writer_properties(crate::writer::writer_properties());
-            match b.await {
-                Ok((_, m)) => return Ok(m.num_deleted_rows.unwrap_or(0) as u64),
+            match op(self.open(name).await?).await {
+                Ok(v) => return Ok(v),
                 Err(e) if crate::writer::is_rerunnable_conflict(&e) && attempt < RERUNS => {
                     tracing::debug!(table = name, attempt, error = %e, "a concurrent commit; running again on the latest version");
-                    tokio::time::sleep(Duration::from_millis(50 * (attempt as u64 + 1).min(10))).await;
+                    tokio::time::sleep(Duration::from_millis(50 * (u64::from(attempt) + 1).min(10))).await;
                 }
                 Err(e) => return Err(delta(name)(e)),
             }
@@ -323,30 +334,20 @@ impl Lake {
     }
 
     async fn update_where(&self, kind: TableKind, predicate: Expr, column: &str, value: Expr, udf: ScalarUDF) -> Result<u64> {
-        let name = kind.name();
         // delta-rs's own session (its planner runs the UPDATE plan), with the function added.
         let ctx: SessionContext = deltalake::delta_datafusion::create_session().into();
         ctx.register_udf(udf);
         let _lock = self.exclusive().await?;
-        for attempt in 0.. {
-            let table = self.open(name).await?;
-            let r = table
+        self.rerun_on_conflict(kind, |table| {
+            let b = table
                 .update()
                 .with_predicate(predicate.clone())
                 .with_update(column, value.clone())
                 .with_session_state(Arc::new(ctx.state()))
-                .with_writer_properties(crate::writer::writer_properties())
-                .await;
-            match r {
-                Ok((_, m)) => return Ok(m.num_updated_rows as u64),
-                Err(e) if crate::writer::is_rerunnable_conflict(&e) && attempt < RERUNS => {
-                    tracing::debug!(table = name, attempt, error = %e, "a concurrent commit; running again on the latest version");
-                    tokio::time::sleep(Duration::from_millis(50 * (attempt as u64 + 1).min(10))).await;
-                }
-                Err(e) => return Err(delta(name)(e)),
-            }
-        }
-        unreachable!("the loop returns")
+                .with_writer_properties(crate::writer::writer_properties());
+            async move { b.await.map(|(_, m)| m.num_updated_rows as u64) }
+        })
+        .await
     }
 }
 

@@ -92,8 +92,8 @@ impl Default for IngestConfig {
             max_batch_rows: 200_000,
             max_record_bytes: 1024 * 1024,
             dedup_horizon: Duration::from_secs(24 * 3600),
-            // The most a hash table of 2^24 buckets holds (7/8 of them): 16 MiB x 17 bytes =
-            // 272 MiB. One key more and it doubles.
+            // The most a hash table of 2^24 buckets holds (7/8 of them); 2^24 buckets of 17
+            // bytes (key, minute, control byte) = 272 MiB. One key more and it doubles.
             dedup_max_keys: 14_000_000,
             max_pending_flushes: 2,
         }

@@ -69,6 +69,11 @@ impl Dedup {
         self.seen.is_empty()
     }
 
+    /// Whether the set holds more keys than its bound ([`Dedup::sweep`] brings it back).
+    pub fn over_bound(&self) -> bool {
+        self.seen.len() > self.max_keys
+    }
+
     /// Records the fingerprint if it is new (within the horizon) and returns whether it was.
     pub fn admit(&mut self, fp: u64, now_min: u32) -> bool {
         match self.seen.get_mut(&fp) {
@@ -100,14 +105,14 @@ impl Dedup {
     /// Drops keys past the horizon (at most once a minute), then the oldest ones while over
     /// `max_keys`. Returns how many were evicted early.
     pub fn sweep(&mut self, now_min: u32) -> u64 {
-        if now_min == self.last_sweep_min && self.seen.len() <= self.max_keys {
+        if now_min == self.last_sweep_min && !self.over_bound() {
             return 0;
         }
         self.last_sweep_min = now_min;
         let mut cutoff = now_min.saturating_sub(self.horizon_min);
         self.seen.retain(|_, at| *at > cutoff);
         let mut early = 0;
-        while self.seen.len() > self.max_keys {
+        while self.over_bound() {
             let oldest = self.seen.values().copied().min().unwrap_or(now_min);
             cutoff = cutoff.max(oldest);
             let before = self.seen.len();

@@ -340,7 +340,7 @@ impl Loop<'_> {
             }
             // Once a minute, and at once when the set passes its bound (at 300K events/s a
             // minute adds 18M keys: the bound would not bound the memory).
-            if last_sweep.elapsed() >= Duration::from_secs(60) || st.dedup.len() > cfg.dedup_max_keys {
+            if last_sweep.elapsed() >= Duration::from_secs(60) || st.dedup.over_bound() {
                 last_sweep = Instant::now();
                 let evicted = st.dedup.sweep(crate::dedup::unix_minute(chrono::Utc::now().timestamp_micros()));
                 if evicted > 0 {
