@@ -38,6 +38,21 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
+/// CPU seconds by thread name (librdkafka's broker threads summed), for the threads alive now.
+fn cpu_by_thread() -> Vec<(String, f64)> {
+    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        let name = stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()].to_string();
+        let name = if name.starts_with("rdk:broker") { "rdk:broker*".to_string() } else { name };
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        *by.entry(name).or_default() += (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0;
+    }
+    let mut v: Vec<_> = by.into_iter().filter(|(_, s)| *s > 0.0).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
+}
+
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -61,12 +76,22 @@ fn main() {
     println!("  produced in {:.1}s; {}", t.elapsed().as_secs_f64(), totals);
 
     // (a) the ceiling: consume and parse JSON, nothing else.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("group.id", "bench-ceiling")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    // CAMPO_BENCH_CONSUMER=key=value,... sets librdkafka properties on both consumers. The
+    // default works around tansu, which holds every fetch for the consumer's whole
+    // fetch.wait.max.ms (500 ms by default) even when records are waiting: both phases then ran
+    // at ~54K events/s with the broker at a quarter of a core, and fixed costs per second
+    // weighed on the per-event figures. Kafka answers a fetch as soon as fetch.min.bytes is there.
+    let props: Vec<(String, String)> = std::env::var("CAMPO_BENCH_CONSUMER")
+        .unwrap_or_else(|_| "fetch.wait.max.ms=10".into())
+        .split(',')
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &broker.addr).set("group.id", "bench-ceiling").set("enable.auto.commit", "false");
+    for (k, v) in &props {
+        cc.set(k, v);
+    }
+    let consumer: BaseConsumer = cc.create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for t in [r, a] {
         for p in 0..4 {
@@ -100,6 +125,7 @@ fn main() {
     cfg.kafka.activity_topic = a.into();
     cfg.lake.path = dir.path().join("lake").to_str().unwrap().into();
     cfg.metrics.listen = String::new();
+    cfg.kafka.properties.extend(props.iter().cloned());
     if let Some(n) = std::env::var("CAMPO_BENCH_DEDUP_MAX_KEYS").ok().and_then(|s| s.parse().ok()) {
         cfg.ingest.dedup_max_keys = n;
     }
@@ -110,15 +136,31 @@ fn main() {
     let mut max_rss = rss0;
     rt.block_on(async {
         let task = tokio::spawn(ingest::run(cfg.clone(), stats.clone(), shutdown.clone()));
+        // Start-up (opening the lake, joining the group) is timed apart from the run itself.
+        let mut first: Option<(f64, Instant, u64)> = None;
         while stats.committed_total() < n {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let consumed = stats.consumed.load(Ordering::Relaxed);
+            if first.is_none() && consumed > 0 {
+                first = Some((cpu_seconds(), Instant::now(), consumed));
+            }
             max_rss = max_rss.max(rss_mib());
         }
-        let (e2e_cpu, e2e_wall) = (cpu_seconds() - c0, w0.elapsed().as_secs_f64());
+        let (c1, w1) = (cpu_seconds(), Instant::now());
+        let (e2e_cpu, e2e_wall) = (c1 - c0, (w1 - w0).as_secs_f64());
         let e2e = n as f64 / e2e_cpu;
         println!("(b) campo end to end into bronze: {n} events in {e2e_wall:.2}s wall, {e2e_cpu:.2}s CPU");
         println!("    = {:.0} events/s wall, {e2e:.0} events/s per core", n as f64 / e2e_wall);
         println!("    ratio end-to-end / ceiling (per core) = {:.2}", e2e / ceiling);
+        if let Some((cf, wf, k)) = first {
+            let (cpu, wall) = (c1 - cf, (w1 - wf).as_secs_f64());
+            let rate = (n - k) as f64 / cpu;
+            println!("    of which start-up to the first record: {:.2}s wall, {:.2}s CPU", (wf - w0).as_secs_f64(), cf - c0);
+            println!("    steady state, first record to last commit: {} events in {wall:.2}s wall, {cpu:.2}s CPU", n - k);
+            println!("    = {:.0} events/s wall, {rate:.0} events/s per core; ratio to the ceiling {:.2}", (n - k) as f64 / wall, rate / ceiling);
+        }
+        let threads: Vec<String> = cpu_by_thread().iter().map(|(n, s)| format!("{n} {s:.2}s")).collect();
+        println!("    CPU by thread (the process so far, ceiling consumer gone): {}", threads.join(", "));
         println!("    RSS: {rss0:.0} MiB before, {max_rss:.0} MiB max during the run");
         println!("    flushes committed: {}", stats.flushes.load(Ordering::Relaxed));
         if soak > 0 {

@@ -208,24 +208,55 @@ const ACTIVITY_FIELDS: [(&str, Ty); 9] = [
     ("entropy", Ty::Num),
 ];
 
+/// A string field that borrows from the record unless it holds escapes. serde's own `Cow<str>`
+/// is always owned inside an `Option` (its `borrow` attribute reaches only a bare `Cow`), which
+/// cost an allocation and a copy per field of every record.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+fn text(t: Option<Text<'_>>) -> Option<Cow<'_, str>> {
+    t.map(|t| t.0)
+}
+
 #[derive(Deserialize)]
 struct RawReading<'a> {
     #[serde(borrow, default)]
-    event_id: Option<Cow<'a, str>>,
+    event_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    schema_version: Option<Cow<'a, str>>,
+    schema_version: Option<Text<'a>>,
     #[serde(borrow, default)]
-    occurred_at: Option<Cow<'a, str>>,
+    occurred_at: Option<Text<'a>>,
     #[serde(borrow, default)]
-    producer: Option<Cow<'a, str>>,
+    producer: Option<Text<'a>>,
     #[serde(borrow, default)]
-    idempotency_key: Option<Cow<'a, str>>,
+    idempotency_key: Option<Text<'a>>,
     #[serde(borrow, default)]
-    trace_id: Option<Cow<'a, str>>,
+    trace_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    user_hash: Option<Cow<'a, str>>,
+    user_hash: Option<Text<'a>>,
     #[serde(borrow, default)]
-    region: Option<Cow<'a, str>>,
+    region: Option<Text<'a>>,
     #[serde(default)]
     hz: Option<f64>,
     #[serde(default)]
@@ -235,31 +266,31 @@ struct RawReading<'a> {
     #[serde(default)]
     entropy: Option<f64>,
     #[serde(borrow, default)]
-    action_type: Option<Cow<'a, str>>,
+    action_type: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 struct RawActivity<'a> {
     #[serde(borrow, default)]
-    event_id: Option<Cow<'a, str>>,
+    event_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    schema_version: Option<Cow<'a, str>>,
+    schema_version: Option<Text<'a>>,
     #[serde(borrow, default)]
-    occurred_at: Option<Cow<'a, str>>,
+    occurred_at: Option<Text<'a>>,
     #[serde(borrow, default)]
-    producer: Option<Cow<'a, str>>,
+    producer: Option<Text<'a>>,
     #[serde(borrow, default)]
-    idempotency_key: Option<Cow<'a, str>>,
+    idempotency_key: Option<Text<'a>>,
     #[serde(borrow, default)]
-    trace_id: Option<Cow<'a, str>>,
+    trace_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Text<'a>>,
     #[serde(borrow, default)]
-    user_hash: Option<Cow<'a, str>>,
+    user_hash: Option<Text<'a>>,
     #[serde(borrow, default)]
-    region: Option<Cow<'a, str>>,
+    region: Option<Text<'a>>,
     #[serde(borrow, default)]
-    route: Option<Cow<'a, str>>,
+    route: Option<Text<'a>>,
     #[serde(default)]
     status: Option<i64>,
     #[serde(default)]
@@ -479,15 +510,15 @@ pub fn derive_bucket(hz: f64) -> i32 {
 
 fn validate_reading(raw: RawReading<'_>) -> Result<Reading<'_>, Rejection> {
     let envelope = validate_envelope(RawEnvelope {
-        event_id: raw.event_id,
-        schema_version: raw.schema_version,
-        occurred_at: raw.occurred_at,
-        producer: raw.producer,
-        idempotency_key: raw.idempotency_key,
-        trace_id: raw.trace_id,
+        event_id: text(raw.event_id),
+        schema_version: text(raw.schema_version),
+        occurred_at: text(raw.occurred_at),
+        producer: text(raw.producer),
+        idempotency_key: text(raw.idempotency_key),
+        trace_id: text(raw.trace_id),
     })?;
-    let user_hash = non_empty(raw.user_hash, "user_hash", None)?;
-    let region = region(raw.region)?;
+    let user_hash = non_empty(text(raw.user_hash), "user_hash", None)?;
+    let region = region(text(raw.region))?;
     let hz = required(raw.hz, "hz")?;
     if !(hz.is_finite() && hz > 0.0 && hz <= 2000.0) {
         return reject(Reason::OutOfRange, format!("field `hz` must be in (0, 2000], got {hz}"));
@@ -502,33 +533,33 @@ fn validate_reading(raw: RawReading<'_>) -> Result<Reading<'_>, Rejection> {
         hz_bucket_derived: bucket.is_none(),
         mood_delta: in_range(raw.mood_delta, "mood_delta", -1.0, 1.0)?,
         entropy: in_range(raw.entropy, "entropy", 0.0, 1.0)?,
-        action_type: raw.action_type,
+        action_type: text(raw.action_type),
     })
 }
 
 fn validate_activity(raw: RawActivity<'_>) -> Result<Activity<'_>, Rejection> {
     let envelope = validate_envelope(RawEnvelope {
-        event_id: raw.event_id,
-        schema_version: raw.schema_version,
-        occurred_at: raw.occurred_at,
-        producer: raw.producer,
-        idempotency_key: raw.idempotency_key,
-        trace_id: raw.trace_id,
+        event_id: text(raw.event_id),
+        schema_version: text(raw.schema_version),
+        occurred_at: text(raw.occurred_at),
+        producer: text(raw.producer),
+        idempotency_key: text(raw.idempotency_key),
+        trace_id: text(raw.trace_id),
     })?;
-    let kind_s = required(raw.kind, "kind")?;
+    let kind_s = required(text(raw.kind), "kind")?;
     let Some(kind) = ActivityKind::parse(&kind_s) else {
         return reject(
             Reason::OutOfRange,
             format!("field `kind` must be one of api.request, feed.rendered, event.checkin, chat.message; got {kind_s:?}"),
         );
     };
-    let user_hash = non_empty(raw.user_hash, "user_hash", None)?;
-    let region = region(raw.region)?;
+    let user_hash = non_empty(text(raw.user_hash), "user_hash", None)?;
+    let region = region(text(raw.region))?;
     let status = int_in_range(raw.status, "status", 100, 599)?;
     let latency_ms = in_range(raw.latency_ms, "latency_ms", 0.0, f64::MAX)?;
     let items_count = int_in_range(raw.items_count, "items_count", 0, i64::MAX)?;
     let entropy = in_range(raw.entropy, "entropy", 0.0, 1.0)?;
-    let route = match raw.route {
+    let route = match text(raw.route) {
         Some(r) if r.is_empty() => return reject(Reason::OutOfRange, "field `route` must not be empty"),
         r => r,
     };

@@ -34,23 +34,24 @@ fn strip_pii(v: &mut Value) {
 fn scrub_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    'outer: while !rest.is_empty() {
+    'outer: while let Some(at) = rest.find('"') {
+        // Text up to the next quote is copied as it is: only a quote can start a key.
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
         for key in PII_FIELDS {
-            let quoted = format!("\"{key}\"");
-            if let Some(after_key) = rest.strip_prefix(quoted.as_str()) {
-                let trimmed = after_key.trim_start();
-                if let Some(after_colon) = trimmed.strip_prefix(':') {
-                    out.push_str(&quoted);
-                    out.push_str(":\"[removed]\"");
-                    rest = skip_json_value(after_colon);
-                    continue 'outer;
-                }
+            let after_key = rest.strip_prefix('"').and_then(|r| r.strip_prefix(key)).and_then(|r| r.strip_prefix('"'));
+            if let Some(after_colon) = after_key.and_then(|r| r.trim_start().strip_prefix(':')) {
+                out.push('"');
+                out.push_str(key);
+                out.push_str("\":\"[removed]\"");
+                rest = skip_json_value(after_colon);
+                continue 'outer;
             }
         }
-        let c = rest.chars().next().expect("non-empty");
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
+        out.push('"');
+        rest = &rest[1..];
     }
+    out.push_str(rest);
     out
 }
 
@@ -74,4 +75,28 @@ fn skip_json_value(s: &str) -> &str {
         }
     }
     ""
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_that_is_not_json_keeps_everything_but_pii_values() {
+        let text = r#"{"email": "a@b.c", "hz": 432, "note":"ünïcode", "ip":"10.0.0.1"} trailing "name" here"#;
+        let out = scrub_text(text);
+        assert_eq!(out, r#"{"email":"[removed]", "hz": 432, "note":"ünïcode", "ip":"[removed]"} trailing "name" here"#);
+        // A quoted value that ends the text, and a value with a quote escaped inside it.
+        assert_eq!(scrub_text(r#"x "phone": "+1 \"555\"", "user_id":"#), r#"x "phone":"[removed]", "user_id":"[removed]""#);
+        assert_eq!(scrub_text("no quotes at all"), "no quotes at all");
+        assert_eq!(scrub_text(r#"ends with a quote ""#), r#"ends with a quote ""#);
+    }
+
+    #[test]
+    fn a_record_cut_at_4_kib_is_scrubbed_as_text() {
+        let record = format!(r#"{{"email":"someone@example.test","pad":"{}"}}"#, "x".repeat(5000));
+        let out = scrubbed_record(record.as_bytes(), false);
+        assert!(!out.contains("someone@example.test"), "{out}");
+        assert!(out.starts_with(r#"{"email":"[removed]","pad":"xxx"#));
+    }
 }

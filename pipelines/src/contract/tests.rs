@@ -231,3 +231,21 @@ proptest! {
         prop_assert_eq!(a1, a2);
     }
 }
+
+/// Strings are borrowed from the record, not copied, unless they hold escapes (then their
+/// unescaped value is owned). The ingest's per-record cost depends on it.
+#[test]
+fn strings_borrow_from_the_record_unless_escaped() {
+    let plain = with(reading(), "action_type", json!("meditate")).to_string();
+    let r = decode_reading(plain.as_bytes(), MAX).unwrap();
+    for s in [&r.envelope.producer, &r.envelope.idempotency_key, &r.envelope.trace_id, &r.user_hash, &r.region] {
+        assert!(matches!(s, Cow::Borrowed(_)), "{s:?} was copied");
+    }
+    assert!(matches!(r.action_type, Some(Cow::Borrowed("meditate"))));
+    let escaped = with(reading(), "producer", json!("vibe \"sensor\"\n")).to_string();
+    let r = decode_reading(escaped.as_bytes(), MAX).unwrap();
+    assert_eq!(r.envelope.producer, "vibe \"sensor\"\n");
+    let a = activity("api.request").to_string();
+    let a = decode_activity(a.as_bytes(), MAX).unwrap();
+    assert!(matches!(a.route, Some(Cow::Borrowed("/v1/feed"))) && matches!(a.user_hash, Cow::Borrowed("u_2")));
+}
