@@ -78,7 +78,8 @@ pub struct IngestConfig {
     /// A record whose `idempotency_key` was seen within this horizon is a duplicate.
     #[serde(with = "humantime_serde")]
     pub dedup_horizon: Duration,
-    /// Upper bound on remembered keys; past it the oldest are forgotten early (and counted).
+    /// Upper bound on remembered keys, kept as two generations of half of it; past it the
+    /// older generation is forgotten early (and counted).
     pub dedup_max_keys: usize,
     /// Flushes handed to the lake writer but not yet committed; past this the consumer pauses.
     pub max_pending_flushes: usize,
@@ -92,8 +93,8 @@ impl Default for IngestConfig {
             max_batch_rows: 200_000,
             max_record_bytes: 1024 * 1024,
             dedup_horizon: Duration::from_secs(24 * 3600),
-            // The most a hash table of 2^24 buckets holds (7/8 of them); 2^24 buckets of 17
-            // bytes (key, minute, control byte) = 272 MiB. One key more and it doubles.
+            // Two generations of at most 7M keys, each what a hash table of 2^23 buckets holds
+            // (7/8 of them); 2^23 buckets of 17 bytes (key, minute, control byte) = 143 MiB.
             dedup_max_keys: 14_000_000,
             max_pending_flushes: 2,
         }
