@@ -455,6 +455,20 @@ struct RawEnvelope<'a> {
     trace_id: Option<Cow<'a, str>>,
 }
 
+/// The envelope fields of a `RawReading` or `RawActivity` (the same names in both).
+macro_rules! raw_envelope {
+    ($raw:ident) => {
+        RawEnvelope {
+            event_id: text($raw.event_id),
+            schema_version: text($raw.schema_version),
+            occurred_at: text($raw.occurred_at),
+            producer: text($raw.producer),
+            idempotency_key: text($raw.idempotency_key),
+            trace_id: text($raw.trace_id),
+        }
+    };
+}
+
 fn validate_envelope(raw: RawEnvelope<'_>) -> Result<Envelope<'_>, Rejection> {
     check_schema_version(raw.schema_version.as_deref().map(Some))?;
     let id = required(raw.event_id, "event_id")?;
@@ -509,14 +523,7 @@ pub fn derive_bucket(hz: f64) -> i32 {
 }
 
 fn validate_reading(raw: RawReading<'_>) -> Result<Reading<'_>, Rejection> {
-    let envelope = validate_envelope(RawEnvelope {
-        event_id: text(raw.event_id),
-        schema_version: text(raw.schema_version),
-        occurred_at: text(raw.occurred_at),
-        producer: text(raw.producer),
-        idempotency_key: text(raw.idempotency_key),
-        trace_id: text(raw.trace_id),
-    })?;
+    let envelope = validate_envelope(raw_envelope!(raw))?;
     let user_hash = non_empty(text(raw.user_hash), "user_hash", None)?;
     let region = region(text(raw.region))?;
     let hz = required(raw.hz, "hz")?;
@@ -538,14 +545,7 @@ fn validate_reading(raw: RawReading<'_>) -> Result<Reading<'_>, Rejection> {
 }
 
 fn validate_activity(raw: RawActivity<'_>) -> Result<Activity<'_>, Rejection> {
-    let envelope = validate_envelope(RawEnvelope {
-        event_id: text(raw.event_id),
-        schema_version: text(raw.schema_version),
-        occurred_at: text(raw.occurred_at),
-        producer: text(raw.producer),
-        idempotency_key: text(raw.idempotency_key),
-        trace_id: text(raw.trace_id),
-    })?;
+    let envelope = validate_envelope(raw_envelope!(raw))?;
     let kind_s = required(text(raw.kind), "kind")?;
     let Some(kind) = ActivityKind::parse(&kind_s) else {
         return reject(
