@@ -29,13 +29,15 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+/// User + system CPU seconds from a `/proc/.../stat` line (fields 14 and 15 of stat are 11 and
+/// 12 after the command name).
+fn stat_cpu_seconds(stat: &str) -> f64 {
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name.
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap())
 }
 
 /// CPU seconds by thread name (librdkafka's broker threads summed), for the threads alive now.
@@ -45,8 +47,7 @@ fn cpu_by_thread() -> Vec<(String, f64)> {
         let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
         let name = stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()].to_string();
         let name = if name.starts_with("rdk:broker") { "rdk:broker*".to_string() } else { name };
-        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
-        *by.entry(name).or_default() += (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0;
+        *by.entry(name).or_default() += stat_cpu_seconds(&stat);
     }
     let mut v: Vec<_> = by.into_iter().filter(|(_, s)| *s > 0.0).collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
