@@ -11,6 +11,8 @@
 //! adds a soak phase: a producer writes at CAMPO_BENCH_SOAK_RATE events/s for that long while
 //! campo ingests, and RSS is printed every 10 s. CAMPO_BENCH_DEDUP_MAX_KEYS lowers the dedup
 //! set's bound, to see RSS level off within a short soak once the bound is reached.
+//! CAMPO_BENCH_STAGE_ONLY=1 runs only (c), the consumer's own per-record work, three times
+//! (no broker needed): the figure to compare before and after a change to that path.
 
 #[path = "../src/alloc.rs"]
 mod alloc;
@@ -65,6 +67,12 @@ fn main() {
     let n: u64 = std::env::var("CAMPO_BENCH_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
     let soak: u64 = std::env::var("CAMPO_BENCH_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let soak_rate: u64 = std::env::var("CAMPO_BENCH_SOAK_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    if std::env::var_os("CAMPO_BENCH_STAGE_ONLY").is_some() {
+        for _ in 0..3 {
+            stage_alone(&Config::default(), n.min(1_000_000) as usize);
+        }
+        return;
+    }
     let broker = harness::Broker::start();
     let (r, a) = ("bench.readings", "bench.activity");
     broker.create_topics((r, a, "campo.dlq"), 4);
@@ -164,12 +172,61 @@ fn main() {
         println!("    CPU by thread (the process so far, ceiling consumer gone): {}", threads.join(", "));
         println!("    RSS: {rss0:.0} MiB before, {max_rss:.0} MiB max during the run");
         println!("    flushes committed: {}", stats.flushes.load(Ordering::Relaxed));
+        stage_alone(&cfg, n.min(1_000_000) as usize);
         if soak > 0 {
             soak_phase(&broker.addr, r, a, soak, soak_rate, &stats).await;
         }
         shutdown.trigger();
         task.await.unwrap().unwrap();
     });
+}
+
+/// (c) The consumer's own work, on this thread and without Kafka or the writer: decode,
+/// validate, dedup and build rows for `n` simulated records, cut into flushes as the ingest cuts
+/// them. Timed in this thread's CPU seconds, so the other threads and the broker do not blur it:
+/// the figure to watch when changing the consumer's per-record path.
+fn stage_alone(cfg: &Config, n: usize) {
+    use campo_pipelines::contract::Contract;
+    use campo_pipelines::dedup::Dedup;
+    use campo_pipelines::ingest::{IngestState, PartitionPosition};
+    use campo_pipelines::simulate::{SimConfig, Simulator};
+    use campo_pipelines::windows::Watermarks;
+
+    let sim_cfg = SimConfig { seed: 3, rate: 0.0, ..SimConfig::default() };
+    let (readings, activity) = (sim_cfg.readings_topic.clone(), sim_cfg.activity_topic.clone());
+    let mut sim = Simulator::new(sim_cfg);
+    let records: Vec<(Contract, String)> = (0..n)
+        .map(|_| {
+            let r = sim.next_record();
+            (if r.topic == readings { Contract::Reading } else { Contract::Activity }, r.value)
+        })
+        .collect();
+    let w = &cfg.windows;
+    let ic = &cfg.ingest;
+    let mut st = IngestState::new(ic.max_record_bytes, Dedup::new(ic.dedup_horizon, ic.dedup_max_keys), Watermarks::new(w.size, w.allowed_lateness, w.idle_timeout, None));
+    let pos = |contract, topic: &str| PartitionPosition {
+        contract,
+        topic: topic.into(),
+        partition: 0,
+        bronze_v: None,
+        rejected_v: None,
+        max_event_us: None,
+    };
+    st.assign(vec![pos(Contract::Reading, &readings), pos(Contract::Activity, &activity)], Dedup::new(ic.dedup_horizon, ic.dedup_max_keys));
+    let thread_cpu = || stat_cpu_seconds(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    let (c0, now_i) = (thread_cpu(), Instant::now());
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let mut rows = 0usize;
+    for (i, (contract, value)) in records.iter().enumerate() {
+        st.process(*contract, 0, i as i64, Some(value.as_bytes()), now_us, now_i);
+        if st.buffered_rows() >= ic.max_batch_rows {
+            rows += st.cut().map_or(0, |f| f.readings.rows() + f.activity.rows() + f.rejected.rows());
+        }
+    }
+    rows += st.cut().map_or(0, |f| f.readings.rows() + f.activity.rows() + f.rejected.rows());
+    let cpu = thread_cpu() - c0;
+    println!("(c) the consumer's stage alone (decode, validate, dedup, build rows; one thread, no Kafka):");
+    println!("    {n} records ({rows} rows) in {cpu:.2}s CPU = {:.2} us a record", cpu * 1e6 / n as f64);
 }
 
 async fn soak_phase(brokers: &str, r: &str, a: &str, secs: u64, rate: u64, stats: &Stats) {
