@@ -344,3 +344,23 @@ async fn compaction_and_vacuum_while_ingesting_lose_and_double_nothing() {
     }
     drop(s.cluster);
 }
+
+/// A lake writer that cannot start (here its DLQ producer: idempotence needs `acks=all`, and
+/// the consumer ignores the producer-only `acks`) stops the whole ingest with its error, with
+/// nothing committed, instead of leaving the consumer holding a flush for a writer that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_fails_stops_the_ingest_with_its_error() {
+    let mut s = setup();
+    s.cfg.windows.enabled = false;
+    s.cfg.kafka.properties.insert("acks".into(), "1".into());
+    produce(&s.cfg.kafka.brokers, 500, 31);
+    let stats = Arc::new(Stats::default());
+    let shutdown = Shutdown::default();
+    let run = ingest::run(s.cfg.clone(), stats.clone(), shutdown.clone());
+    let result = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the ingest stops by itself");
+    let err = result.expect_err("the writer's failure is the ingest's error").to_string();
+    assert!(err.contains("acks"), "the error names the cause: {err}");
+    assert!(shutdown.is_triggered());
+    assert_eq!(stats.committed_total(), 0);
+    drop(s.cluster);
+}

@@ -455,7 +455,9 @@ impl Loop<'_> {
         st.assign(positions, dedup);
     }
 
-    /// On shutdown: flush what is buffered and wait until the writer has committed it.
+    /// On shutdown: flush what is buffered and wait until the writer has committed it. If the
+    /// writer is gone (it failed), what is buffered is dropped: none of it is committed, so a
+    /// restart reads it again from Kafka.
     fn finish(&mut self) {
         loop {
             self.drain_events();
@@ -467,11 +469,17 @@ impl Loop<'_> {
                 if st.held.is_none() {
                     break;
                 }
+                if self.flush_tx.is_closed() {
+                    let rows = st.held.as_ref().map_or(0, |f| f.readings.rows() + f.activity.rows() + f.rejected.rows());
+                    tracing::warn!(rows, "the lake writer stopped: buffered records are not committed and will be read again on restart");
+                    st.drop_buffers();
+                    break;
+                }
             }
             self.try_send_held();
             std::thread::sleep(Duration::from_millis(5));
         }
-        while !self.ctx().wait_writer_idle(Duration::from_millis(100)) {
+        while !self.ctx().wait_writer_idle(Duration::from_millis(100)) && !self.flush_tx.is_closed() {
             self.drain_events();
         }
         self.drain_events();

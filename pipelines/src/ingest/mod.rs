@@ -268,6 +268,15 @@ pub enum IngestError {
     Thread(String),
 }
 
+/// Triggers the shutdown when dropped, as the task holding it ends or unwinds.
+struct StopOnDrop(Shutdown);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.trigger();
+    }
+}
+
 /// Runs the bronze ingest until `shutdown` is triggered; everything consumed by then is
 /// committed before this returns.
 pub async fn run(config: Config, stats: Arc<Stats>, shutdown: Shutdown) -> Result<(), IngestError> {
@@ -315,13 +324,21 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: Shutdown) -> Resul
     });
     let (flush_tx, flush_rx) = tokio::sync::mpsc::channel(shared.config.ingest.max_pending_flushes);
     let (event_tx, event_rx) = std::sync::mpsc::channel();
-    let writer = tokio::spawn(writer::run(shared.clone(), flush_rx, event_tx, window_tx));
+    // However the writer ends (an error opening its tables or its DLQ producer, a panic), the
+    // ingest stops: the consumer would otherwise hold its flush for a writer that is gone.
+    let writer = {
+        let (stop, shared) = (StopOnDrop(shared.shutdown.clone()), shared.clone());
+        tokio::spawn(async move {
+            let _stop = stop;
+            writer::run(shared, flush_rx, event_tx, window_tx).await
+        })
+    };
     let consumer_shared = shared.clone();
     let consumer = std::thread::Builder::new()
         .name("campo-consumer".into())
         .spawn(move || consumer::run(consumer_shared, dedup, closed_through, flush_tx, event_rx))
         .map_err(|e| IngestError::Thread(e.to_string()))?;
-    let writer_result = writer.await.map_err(|e| IngestError::Thread(e.to_string()))?;
+    let writer_result = writer.await.map_err(|e| IngestError::Thread(format!("lake writer: {e}"))).and_then(|r| r);
     let consumer_result = tokio::task::spawn_blocking(move || consumer.join())
         .await
         .map_err(|e| IngestError::Thread(e.to_string()))?
