@@ -13,6 +13,7 @@
 //! set's bound, to see RSS level off within a short soak once the bound is reached.
 //! CAMPO_BENCH_STAGE_ONLY=1 runs only (c), the consumer's own per-record work, three times
 //! (no broker needed): the figure to compare before and after a change to that path.
+//! CAMPO_BENCH_WINDOWS=0 runs (b) without the window stage (bronze only).
 
 #[path = "../src/alloc.rs"]
 mod alloc;
@@ -135,6 +136,12 @@ fn main() {
     cfg.lake.path = dir.path().join("lake").to_str().unwrap().into();
     cfg.metrics.listen = String::new();
     cfg.kafka.properties.extend(props.iter().cloned());
+    // CAMPO_BENCH_WINDOWS=0: bronze only, without the window stage (SPEC 3's per-minute
+    // signals, computed from each committed flush in the same process).
+    if std::env::var("CAMPO_BENCH_WINDOWS").is_ok_and(|v| v == "0") {
+        cfg.windows.enabled = false;
+    }
+    println!("    (window stage {})", if cfg.windows.enabled { "on, as campo run has it" } else { "off: bronze only" });
     if let Some(n) = std::env::var("CAMPO_BENCH_DEDUP_MAX_KEYS").ok().and_then(|s| s.parse().ok()) {
         cfg.ingest.dedup_max_keys = n;
     }
