@@ -227,10 +227,10 @@ fn stage_alone(cfg: &Config, n: usize) {
     for (i, (contract, value)) in records.iter().enumerate() {
         st.process(*contract, 0, i as i64, Some(value.as_bytes()), now_us, now_i);
         if st.buffered_rows() >= ic.max_batch_rows {
-            rows += st.cut().map_or(0, |f| f.readings.rows() + f.activity.rows() + f.rejected.rows());
+            rows += st.cut().map_or(0, |f| f.rows());
         }
     }
-    rows += st.cut().map_or(0, |f| f.readings.rows() + f.activity.rows() + f.rejected.rows());
+    rows += st.cut().map_or(0, |f| f.rows());
     let cpu = thread_cpu() - c0;
     println!("(c) the consumer's stage alone (decode, validate, dedup, build rows; one thread, no Kafka):");
     println!("    {n} records ({rows} rows) in {cpu:.2}s CPU = {:.2} us a record", cpu * 1e6 / n as f64);

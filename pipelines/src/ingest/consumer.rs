@@ -470,7 +470,7 @@ impl Loop<'_> {
                     break;
                 }
                 if self.flush_tx.is_closed() {
-                    let rows = st.held.as_ref().map_or(0, |f| f.readings.rows() + f.activity.rows() + f.rejected.rows());
+                    let rows = st.held.as_ref().map_or(0, Flush::rows);
                     tracing::warn!(rows, "the lake writer stopped: buffered records are not committed and will be read again on restart");
                     st.drop_buffers();
                     break;

@@ -76,6 +76,13 @@ pub struct Flush {
     pub trace: Option<CloseTrace>,
 }
 
+impl Flush {
+    /// Rows of all three tables.
+    pub fn rows(&self) -> usize {
+        self.readings.rows() + self.activity.rows() + self.rejected.rows()
+    }
+}
+
 /// What the writer tells the consumer.
 #[derive(Debug)]
 pub enum WriterEvent {
