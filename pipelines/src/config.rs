@@ -81,7 +81,7 @@ pub struct IngestConfig {
     /// Upper bound on remembered keys, kept as two generations of half of it; past it the
     /// older generation is forgotten early (and counted).
     pub dedup_max_keys: usize,
-    /// Flushes handed to the lake writer but not yet committed; past this the consumer pauses.
+    /// Flushes handed to the lake writer but not yet committed; past this the consumer stops taking records.
     pub max_pending_flushes: usize,
 }
 

@@ -5,11 +5,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use campo_pipelines::Config;
+use campo_pipelines::ingest::batch::BatchQueue;
 use campo_pipelines::ingest::{self, Shutdown, Stats};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::harness::*;
 
@@ -96,6 +98,8 @@ async fn bronze_holds_exactly_the_unique_valid_events_and_rejected_the_invalid_o
     let totals = produce(&s.cfg.kafka.brokers, 6000, 11);
     let stats = ingest_until(&s.cfg, 6000).await;
     assert_lake_matches(&s.cfg, &totals).await;
+    // Every record came through the batch queue (see batch_queue_* below).
+    assert_eq!(stats.unbatched.load(Ordering::Relaxed), 0, "records read one by one");
     // Counts exported match what was planted.
     let dups: i64 = ["vibration.readings", "user.activity"].iter().map(|t| total(&totals, "duplicates", t)).sum();
     let d = stats.duplicate[0].load(Ordering::Relaxed) + stats.duplicate[1].load(Ordering::Relaxed);
@@ -363,4 +367,76 @@ async fn a_writer_that_fails_stops_the_ingest_with_its_error() {
     assert!(shutdown.is_triggered());
     assert_eq!(stats.committed_total(), 0);
     drop(s.cluster);
+}
+
+/// Produces `n` records `"<partition>:<i>"` to each of `partitions` partitions of `topic`.
+fn produce_numbered(brokers: &str, topic: &str, partitions: i32, n: usize) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    for i in 0..n {
+        for p in 0..partitions {
+            let v = format!("{p}:{i}");
+            producer.send(BaseRecord::<(), _>::to(topic).partition(p).payload(&v)).unwrap();
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// Takes from `queue` until `n` records arrived (or 20 s passed): (partition, offset, value).
+fn take_n(queue: &mut BatchQueue<'_>, n: usize) -> Vec<(i32, i64, String)> {
+    let mut got = Vec::new();
+    let start = std::time::Instant::now();
+    while got.len() < n && start.elapsed() < Duration::from_secs(20) {
+        let batch = queue.take(Duration::from_millis(100), 64);
+        for m in batch.iter() {
+            assert!(m.error().is_none(), "{:?}", m.error());
+            assert_eq!(m.topic(), "bq");
+            got.push((m.partition(), m.offset(), String::from_utf8(m.payload().unwrap().to_vec()).unwrap()));
+        }
+    }
+    got
+}
+
+/// The batch queue the ingest consumes from: a routed partition's records arrive there in
+/// offset order and nowhere else, an unrouted one's on the consumer queue, and a seek drops
+/// what was fetched before it (the ingest's resync relies on that).
+#[test]
+fn batch_queue_takes_routed_partitions_in_order_and_honours_seek() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("bq", 2, 1).unwrap();
+    produce_numbered(&brokers, "bq", 2, 300);
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", unique("bq")).create().unwrap();
+    let mut queue = BatchQueue::new(consumer.client());
+    let mut all = TopicPartitionList::new();
+    all.add_partition_offset("bq", 0, Offset::Beginning).unwrap();
+    all.add_partition_offset("bq", 1, Offset::Beginning).unwrap();
+    let mut routed = TopicPartitionList::new();
+    routed.add_partition("bq", 0);
+    assert_eq!(queue.route(&routed), 1);
+    consumer.assign(&all).unwrap();
+
+    let got = take_n(&mut queue, 300);
+    let want: Vec<_> = (0..300).map(|i| (0, i as i64, format!("0:{i}"))).collect();
+    assert_eq!(got, want, "partition 0 in offset order, and only partition 0");
+    let mut unrouted = Vec::new();
+    let start = std::time::Instant::now();
+    while unrouted.len() < 300 && start.elapsed() < Duration::from_secs(20) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            unrouted.push((m.partition(), m.offset()));
+        }
+    }
+    assert_eq!(unrouted, (0..300).map(|i| (1, i)).collect::<Vec<_>>(), "partition 1 stays on the consumer queue");
+
+    // Records fetched before a seek are dropped: after seeking back to 250, the next record is 250.
+    produce_numbered(&brokers, "bq", 1, 100);
+    std::thread::sleep(Duration::from_millis(500));
+    consumer.seek("bq", 0, Offset::Offset(250), Duration::from_secs(5)).unwrap();
+    let got = take_n(&mut queue, 150);
+    assert_eq!(got.first().map(|g| g.1), Some(250));
+    assert_eq!(got.iter().map(|g| g.1).collect::<Vec<_>>(), (250..400).collect::<Vec<_>>());
+    drop(queue);
+    drop(consumer);
 }

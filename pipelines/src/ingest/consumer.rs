@@ -21,12 +21,15 @@ use crate::contract::Contract;
 use crate::dedup::Dedup;
 use crate::windows::Watermarks;
 
+use super::batch::{BatchQueue, RouteSlot};
 use super::positions::rebuild_dedup;
 use super::{Flush, IngestError, IngestState, Shared, WriterEvent, read_positions};
 
 pub(crate) struct IngestContext {
     shared: Arc<Shared>,
     state: Mutex<IngestState>,
+    /// Where assigned partitions' records go: the consumer thread's batch queue.
+    route: RouteSlot,
 }
 
 impl IngestContext {
@@ -176,6 +179,11 @@ impl ConsumerContext for IngestContext {
                 state.whole = whole;
                 self.shared.stats.assigned_partitions.store(state.assigned(), Ordering::Relaxed);
                 drop(state);
+                // Before assigning: librdkafka keeps a route set before it starts fetching.
+                let routed = self.route.route(tpl);
+                if routed < tpl.count() {
+                    tracing::debug!(routed, partitions = tpl.count(), "partitions not routed to the batch queue are read one by one");
+                }
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "assign failed");
                 }
@@ -220,6 +228,15 @@ fn client_config(shared: &Shared) -> ClientConfig {
     c
 }
 
+fn consumer_error(shared: &Shared, e: &KafkaError) {
+    if shared.stats.kafka_ready.swap(false, Ordering::SeqCst) {
+        tracing::warn!(error = %e, "kafka consume error; retrying");
+    }
+}
+
+/// Records taken in one burst at most.
+const BURST: u64 = 2048;
+
 pub(crate) fn run(
     shared: Arc<Shared>,
     dedup: Dedup,
@@ -232,27 +249,32 @@ pub(crate) fn run(
     let ctx = IngestContext {
         state: Mutex::new(IngestState::new(shared.config.ingest.max_record_bytes, dedup, wm)),
         shared: shared.clone(),
+        route: RouteSlot::default(),
     };
     let consumer: BaseConsumer<IngestContext> = client_config(&shared).create_with_context(ctx)?;
     let k = &shared.config.kafka;
     consumer.subscribe(&[&k.readings_topic, &k.activity_topic])?;
     tracing::info!(brokers = %k.brokers, group = %k.group_id, topics = ?[&k.readings_topic, &k.activity_topic], "consuming");
-    let mut lp = Loop { consumer: &consumer, shared: &shared, flush_tx: &flush_tx, events: &events, paused: false };
+    // Dropped in reverse order: the route is cleared before the queue goes, and the queue
+    // before the consumer.
+    let mut queue = BatchQueue::new(consumer.client());
+    let _route = consumer.context().route.set(&queue);
+    let mut lp = Loop { consumer: &consumer, queue: &mut queue, shared: &shared, flush_tx: &flush_tx, events: &events };
     lp.main_loop();
     lp.finish();
     consumer.unsubscribe();
     Ok(())
 }
 
-struct Loop<'a> {
+struct Loop<'a, 'q> {
     consumer: &'a BaseConsumer<IngestContext>,
+    queue: &'a mut BatchQueue<'q>,
     shared: &'a Shared,
     flush_tx: &'a Sender<Flush>,
     events: &'a Receiver<WriterEvent>,
-    paused: bool,
 }
 
-impl Loop<'_> {
+impl Loop<'_, '_> {
     fn ctx(&self) -> &IngestContext {
         self.consumer.context()
     }
@@ -271,35 +293,21 @@ impl Loop<'_> {
                 continue;
             }
             self.try_send_held();
+            // A burst: rebalances, errors and statistics from the consumer queue, then the
+            // records already fetched, in one batch (waiting for the first one if there was
+            // nothing else to do). One clock read and one lock per burst keeps the per-record
+            // cost down.
+            // While a cut flush waits for the writer, no record is taken: the batch queue
+            // fills to librdkafka's prefetch bound (queued.max.messages.kbytes) and its
+            // fetcher stops. That is the backpressure; unlike pausing the partitions it keeps
+            // what was fetched (a pause discards it, and a resume fetches it again).
             let hold = self.ctx().state.lock().expect("state").held.is_some();
-            self.set_paused(hold);
-            // A burst: wait for the first record, then take what is already fetched. One clock
-            // read and one set of bookkeeping per burst keeps the per-record cost down.
             let now = chrono::Utc::now().timestamp_micros();
             let now_i = Instant::now();
-            let mut timeout = Duration::from_millis(50);
-            let mut taken = 0u64;
-            while taken < 2048 {
-                match self.consumer.poll(timeout) {
-                    Some(Ok(m)) => {
-                        taken += 1;
-                        timeout = Duration::ZERO;
-                        if let Some(contract) = self.ctx().contract_of(m.topic()) {
-                            let mut st = self.ctx().state.lock().expect("state");
-                            st.process(contract, m.partition(), m.offset(), m.payload(), now, now_i);
-                            if st.buffered_rows() >= cfg.max_batch_rows {
-                                break;
-                            }
-                        }
-                    }
-                    Some(Err(e)) => {
-                        if self.shared.stats.kafka_ready.swap(false, Ordering::SeqCst) {
-                            tracing::warn!(error = %e, "kafka consume error; retrying");
-                        }
-                        break;
-                    }
-                    None => break,
-                }
+            let wait = Duration::from_millis(50);
+            let mut taken = self.poll_control(if hold { wait } else { Duration::ZERO }, now, now_i);
+            if !hold {
+                taken += self.take_batch(if taken == 0 { wait } else { Duration::ZERO }, now, now_i);
             }
             if taken > 0 {
                 self.shared.stats.consumed.fetch_add(taken, Ordering::Relaxed);
@@ -351,6 +359,67 @@ impl Loop<'_> {
             self.shared.stats.buffered_rows.store(st.buffered_rows(), Ordering::Relaxed);
             self.shared.stats.dedup_keys.store(st.dedup.len(), Ordering::Relaxed);
         }
+    }
+
+    /// Serves the consumer queue, waiting up to `wait` for a first event: rebalances (through
+    /// the context), errors and statistics. A record found there (a partition not routed to the
+    /// batch queue) is taken as `poll` would. Returns the records taken.
+    fn poll_control(&self, mut wait: Duration, now: i64, now_i: Instant) -> u64 {
+        let mut taken = 0;
+        while taken < BURST {
+            match self.consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    taken += 1;
+                    wait = Duration::ZERO;
+                    self.shared.stats.unbatched.fetch_add(1, Ordering::Relaxed);
+                    if let Some(contract) = self.ctx().contract_of(m.topic()) {
+                        let mut st = self.ctx().state.lock().expect("state");
+                        st.process(contract, m.partition(), m.offset(), m.payload(), now, now_i);
+                    }
+                }
+                Some(Err(e)) => {
+                    consumer_error(self.shared, &e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        taken
+    }
+
+    /// Takes one batch from the batch queue into the buffers: at most what fits before
+    /// `max_batch_rows`, so a cut happens where it would record by record.
+    fn take_batch(&mut self, wait: Duration, now: i64, now_i: Instant) -> u64 {
+        let ctx = self.consumer.context();
+        let room = {
+            let st = ctx.state.lock().expect("state");
+            self.shared.config.ingest.max_batch_rows.saturating_sub(st.buffered_rows()).clamp(1, BURST as usize)
+        };
+        let batch = self.queue.take(wait, room);
+        if batch.is_empty() {
+            return 0;
+        }
+        let mut st = ctx.state.lock().expect("state");
+        // Topic name to contract, looked up once per topic handle.
+        let mut last: Option<(usize, Option<Contract>)> = None;
+        for m in batch.iter() {
+            if let Some(code) = m.error() {
+                consumer_error(self.shared, &KafkaError::MessageConsumption(code));
+                continue;
+            }
+            let contract = match last {
+                Some((h, c)) if h == m.topic_handle() => c,
+                _ => {
+                    let c = ctx.contract_of(m.topic());
+                    last = Some((m.topic_handle(), c));
+                    c
+                }
+            };
+            if let Some(contract) = contract {
+                st.process(contract, m.partition(), m.offset(), m.payload(), now, now_i);
+            }
+        }
+        batch.len() as u64
     }
 
     /// Marks each assigned partition caught up when the next offset to read has reached the
@@ -408,25 +477,6 @@ impl Loop<'_> {
                 self.shared.stats.pending_flushes.fetch_sub(1, Ordering::SeqCst);
                 st.held = Some(f);
             }
-        }
-    }
-
-    fn set_paused(&mut self, pause: bool) {
-        if pause == self.paused {
-            return;
-        }
-        let Ok(assignment) = self.consumer.assignment() else { return };
-        let r = if pause { self.consumer.pause(&assignment) } else { self.consumer.resume(&assignment) };
-        match r {
-            Ok(()) => {
-                self.paused = pause;
-                if pause {
-                    tracing::debug!("lake writer behind: consumption paused");
-                } else {
-                    tracing::debug!("consumption resumed");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "pause/resume failed"),
         }
     }
 

@@ -4,9 +4,9 @@
 //! Two workers share the load on purpose (one core each): the consumer thread polls Kafka,
 //! decodes, validates and deduplicates records into Arrow builders and cuts a [`Flush`] every
 //! `flush_interval` or `max_batch_rows`; the writer task encodes Parquet and commits. At most
-//! `max_pending_flushes` flushes are in flight: past that the consumer pauses its partitions
-//! (and keeps polling, so it stays in the group), which bounds memory when the lake is slower
-//! than the topic.
+//! `max_pending_flushes` flushes are in flight: past that the consumer stops taking records
+//! (and keeps polling, so it stays in the group) and librdkafka stops fetching once its
+//! prefetch queue is full, which bounds memory when the lake is slower than the topic.
 //!
 //! The protocol (see docs/DESIGN.md):
 //! 1. Each flush commits `rejected` first (with the DLQ records), sends the DLQ records to Kafka,
@@ -17,6 +17,7 @@
 //! 3. A commit whose expected txn versions differ from the log is refused; the consumer then
 //!    drops everything buffered and in flight, forgets their dedup keys, and seeks again.
 
+pub mod batch;
 mod consumer;
 mod erased;
 mod positions;
@@ -99,6 +100,9 @@ pub struct Stats {
     pub lake_ready: AtomicBool,
     pub assigned_partitions: AtomicUsize,
     pub consumed: AtomicU64,
+    /// Of `consumed`, records read one by one from the consumer queue instead of in batches
+    /// (partitions not routed to the batch queue; none in normal operation).
+    pub unbatched: AtomicU64,
     pub bronze: [AtomicU64; 2],
     pub duplicate: [AtomicU64; 2],
     pub dlq: [AtomicU64; 2],
