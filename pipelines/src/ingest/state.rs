@@ -1,7 +1,6 @@
 //! What the consumer holds between two flushes: per-partition positions, the rows being
 //! buffered for each table, the dedup set, and the flush cut from them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,6 +41,8 @@ struct Part {
     pos: PartitionPosition,
     /// Last offset taken into the buffers (or committed).
     last_seen: Option<i64>,
+    /// Whether records were taken since the last cut (the partition is in `covered`).
+    covered: bool,
 }
 
 pub struct IngestState {
@@ -55,7 +56,10 @@ pub struct IngestState {
     dlq_replay: Vec<RejectedRecord>,
     keys: [Vec<u64>; 2],
     counts: Counts,
-    covered: BTreeMap<(Contract, i32), i64>,
+    /// Partitions with records taken since the last cut; each one's last offset is its
+    /// `last_seen`. Kept as a list beside a flag in `Part`: a map updated for every record cost
+    /// a tree search a record.
+    covered: Vec<(Contract, i32)>,
     pub dedup: Dedup,
     pub epoch: u64,
     /// Bumped at every (re)assignment: the window stage rebuilds its state from bronze when a
@@ -93,7 +97,7 @@ impl IngestState {
             dlq_replay: Vec::new(),
             keys: [Vec::new(), Vec::new()],
             counts: Counts::default(),
-            covered: BTreeMap::new(),
+            covered: Vec::new(),
             dedup,
             epoch: 1,
             generation: 0,
@@ -144,7 +148,7 @@ impl IngestState {
         }
         self.parts = positions
             .into_iter()
-            .map(|pos| ((pos.contract, pos.partition), Part { last_seen: pos.bronze_v, pos }))
+            .map(|pos| ((pos.contract, pos.partition), Part { last_seen: pos.bronze_v, covered: false, pos }))
             .collect();
     }
 
@@ -163,7 +167,11 @@ impl IngestState {
         self.activity.finish();
         self.rejected.finish();
         self.dlq_replay.clear();
-        self.covered.clear();
+        for key in self.covered.drain(..) {
+            if let Some(part) = self.parts.get_mut(&key) {
+                part.covered = false;
+            }
+        }
         self.counts = Counts::default();
         self.buffered_since = None;
         // The dropped flush may have carried the watermark: the next cut carries it again.
@@ -192,11 +200,15 @@ impl IngestState {
             return;
         }
         part.last_seen = Some(offset);
+        if !part.covered {
+            part.covered = true;
+            self.covered.push((contract, partition));
+        }
+        let part = &*part;
         let replayed_reject = part.pos.rejected_v.is_some_and(|r| offset <= r);
-        let topic = part.pos.topic.clone();
-        self.covered.insert((contract, partition), offset);
+        let topic: &str = &part.pos.topic;
         self.buffered_since.get_or_insert_with(Instant::now);
-        let prov = Provenance { topic: &topic, partition, offset, ingested_at_us: now_us, late: false };
+        let prov = Provenance { topic, partition, offset, ingested_at_us: now_us, late: false };
         let i = idx(contract);
         let key = (i, partition);
         self.wm.touch(key, now);
@@ -237,7 +249,7 @@ impl IngestState {
                     rejection
                 };
                 *self.counts.rejected.entry((i, rejection.reason)).or_default() += 1;
-                let rec = rejected_record(&topic, partition, offset, bytes, rejection, now_us);
+                let rec = rejected_record(topic, partition, offset, bytes, rejection, now_us);
                 if replayed_reject {
                     self.dlq_replay.push(rec);
                 } else {
@@ -260,8 +272,12 @@ impl IngestState {
         let mut tables: [TableCommit; 2] = Default::default();
         let mut rejected = TableCommit::default();
         let mut positions = Vec::new();
-        for ((contract, partition), last) in std::mem::take(&mut self.covered) {
+        let mut covered = std::mem::take(&mut self.covered);
+        covered.sort_unstable();
+        for (contract, partition) in covered {
             let part = self.parts.get_mut(&(contract, partition)).expect("covered partitions are assigned");
+            part.covered = false;
+            let last = part.last_seen.expect("a covered partition has taken a record");
             let topic = part.pos.topic.to_string();
             tables[idx(contract)].txns.push(OffsetTxn {
                 topic: topic.clone(),
