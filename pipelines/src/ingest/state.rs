@@ -41,8 +41,14 @@ struct Part {
     pos: PartitionPosition,
     /// Last offset taken into the buffers (or committed).
     last_seen: Option<i64>,
-    /// Whether records were taken since the last cut (the partition is in `covered`).
-    covered: bool,
+}
+
+impl Part {
+    /// The last offset taken since the last cut, if records were: `pos.bronze_v` is where
+    /// the last cut ended (it advances at every cut), so nothing is kept per record.
+    fn covered(&self) -> Option<i64> {
+        self.last_seen.filter(|&l| self.pos.bronze_v.is_none_or(|b| l > b))
+    }
 }
 
 pub struct IngestState {
@@ -56,10 +62,6 @@ pub struct IngestState {
     dlq_replay: Vec<RejectedRecord>,
     keys: [Vec<u64>; 2],
     counts: Counts,
-    /// Partitions with records taken since the last cut; each one's last offset is its
-    /// `last_seen`. Kept as a list beside a flag in `Part`: a map updated for every record cost
-    /// a tree search a record.
-    covered: Vec<(Contract, i32)>,
     pub dedup: Dedup,
     pub epoch: u64,
     /// Bumped at every (re)assignment: the window stage rebuilds its state from bronze when a
@@ -97,7 +99,6 @@ impl IngestState {
             dlq_replay: Vec::new(),
             keys: [Vec::new(), Vec::new()],
             counts: Counts::default(),
-            covered: Vec::new(),
             dedup,
             epoch: 1,
             generation: 0,
@@ -128,7 +129,7 @@ impl IngestState {
     }
 
     pub fn has_data(&self) -> bool {
-        !self.covered.is_empty()
+        self.parts.values().any(|p| p.covered().is_some())
     }
 
     pub fn assigned(&self) -> usize {
@@ -148,7 +149,7 @@ impl IngestState {
         }
         self.parts = positions
             .into_iter()
-            .map(|pos| ((pos.contract, pos.partition), Part { last_seen: pos.bronze_v, covered: false, pos }))
+            .map(|pos| ((pos.contract, pos.partition), Part { last_seen: pos.bronze_v, pos }))
             .collect();
     }
 
@@ -167,10 +168,9 @@ impl IngestState {
         self.activity.finish();
         self.rejected.finish();
         self.dlq_replay.clear();
-        for key in self.covered.drain(..) {
-            if let Some(part) = self.parts.get_mut(&key) {
-                part.covered = false;
-            }
+        // Nothing taken since the last cut is kept.
+        for part in self.parts.values_mut() {
+            part.last_seen = part.pos.bronze_v;
         }
         self.counts = Counts::default();
         self.buffered_since = None;
@@ -200,10 +200,6 @@ impl IngestState {
             return;
         }
         part.last_seen = Some(offset);
-        if !part.covered {
-            part.covered = true;
-            self.covered.push((contract, partition));
-        }
         let part = &*part;
         let replayed_reject = part.pos.rejected_v.is_some_and(|r| offset <= r);
         let topic: &str = &part.pos.topic;
@@ -263,7 +259,7 @@ impl IngestState {
     /// A flush is cut when rows are buffered or the watermark moved (an empty flush then
     /// carries it to the window stage).
     pub fn cut(&mut self) -> Option<Flush> {
-        if self.covered.is_empty() && !self.watermark_moved() {
+        if !self.has_data() && !self.watermark_moved() {
             return None;
         }
         let watermark = self.wm.closed_through();
@@ -272,12 +268,11 @@ impl IngestState {
         let mut tables: [TableCommit; 2] = Default::default();
         let mut rejected = TableCommit::default();
         let mut positions = Vec::new();
-        let mut covered = std::mem::take(&mut self.covered);
+        // In partition order, as the txn actions have always been written.
+        let mut covered: Vec<_> = self.parts.iter().filter_map(|(&k, p)| p.covered().map(|last| (k, last))).collect();
         covered.sort_unstable();
-        for (contract, partition) in covered {
+        for ((contract, partition), last) in covered {
             let part = self.parts.get_mut(&(contract, partition)).expect("covered partitions are assigned");
-            part.covered = false;
-            let last = part.last_seen.expect("a covered partition has taken a record");
             let topic = part.pos.topic.to_string();
             tables[idx(contract)].txns.push(OffsetTxn {
                 topic: topic.clone(),
