@@ -30,10 +30,12 @@ use std::collections::HashMap;
 use deltalake::DeltaTable;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitData, CommitProperties};
+use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::logstore::CommitOrBytes;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
+use indexmap::IndexMap;
 
 use crate::error::{Result, delta};
 use crate::lake::{Lake, TableKind};
@@ -101,6 +103,29 @@ pub(crate) fn writer_properties() -> deltalake::parquet::file::properties::Write
         b = b.set_column_compression(ColumnPath::from(col), Compression::UNCOMPRESSED);
     }
     b.build()
+}
+
+/// The partition values of `batch` when every row has the same ones (`None` when they differ,
+/// a partition column is missing or holds nulls, or the table is not partitioned).
+fn single_partition<S: ScalarExt>(batch: &RecordBatch, columns: &[String]) -> Option<IndexMap<String, S>> {
+    use deltalake::arrow::array::{Array, make_comparator};
+    use deltalake::arrow::compute::SortOptions;
+    if columns.is_empty() {
+        return None;
+    }
+    let mut values = IndexMap::with_capacity(columns.len());
+    for name in columns {
+        let col = batch.column_by_name(name)?;
+        if col.null_count() > 0 {
+            return None;
+        }
+        let cmp = make_comparator(col.as_ref(), col.as_ref(), SortOptions::default()).ok()?;
+        if !(1..col.len()).all(|i| cmp(0, i).is_eq()) {
+            return None;
+        }
+        values.insert(name.clone(), S::from_array(col.as_ref(), 0)?);
+    }
+    Some(values)
 }
 
 /// Another writer committed a version this commit was not built on.
@@ -309,9 +334,19 @@ impl TableWriter {
     async fn try_commit(&mut self, commit: &TableCommit) -> Result<u64, deltalake::DeltaTableError> {
         if self.staged.is_none() {
             let mut writer = RecordBatchWriter::for_table(&self.table)?.with_writer_properties(writer_properties());
+            let partition_columns = self.table.snapshot()?.metadata().partition_columns().to_vec();
             for b in &commit.batches {
-                if b.num_rows() > 0 {
-                    writer.write(b.clone()).await?;
+                if b.num_rows() == 0 {
+                    continue;
+                }
+                // A batch whose rows all share their partition values (a flush's rows nearly
+                // always share one date) goes straight to that partition's file: `write` would
+                // sort the rows by partition and copy every column to split them.
+                match single_partition(b, &partition_columns) {
+                    Some(values) => {
+                        writer.write_partition(b.clone(), &values, WriteMode::Default).await?;
+                    }
+                    None => writer.write(b.clone()).await?,
                 }
             }
             self.staged = Some(writer.flush().await?);
@@ -474,6 +509,38 @@ pub(crate) mod tests {
         assert_eq!(count, 3, "no row lost or doubled (the staged file was committed once)");
         // An unfenced writer never reports it.
         b.commit(&TableCommit { batches: vec![], txns: vec![OffsetTxn { topic: "t".into(), partition: 9, expected: Some(5), last: 6 }] }).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_one_date_is_one_file_and_a_mixed_one_is_split_by_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
+        let mut w = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        let one = rejected_rows(&[0, 1, 2]);
+        let mut mixed = rejected_rows(&[3, 4, 5, 6]);
+        let mut cols = mixed.columns().to_vec();
+        cols[8] = Arc::new(Date32Array::from(vec![19_676, 19_675, 19_676, 19_677]));
+        mixed = RecordBatch::try_new(mixed.schema(), cols).unwrap();
+        let c = TableCommit {
+            batches: vec![one, mixed],
+            txns: vec![OffsetTxn { topic: "t".into(), partition: 0, expected: None, last: 6 }],
+        };
+        assert!(matches!(w.commit(&c).await.unwrap(), CommitOutcome::Committed { .. }));
+        let mut dates: Vec<String> = std::fs::read_dir(dir.path().join("rejected"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("rejected_date="))
+            .collect();
+        dates.sort();
+        assert_eq!(dates, ["rejected_date=2023-11-14", "rejected_date=2023-11-15", "rejected_date=2023-11-16"]);
+        let got = lake
+            .query("SELECT CAST(rejected_date AS VARCHAR) d, count(*) n, min(\"offset\") o FROM rejected GROUP BY 1 ORDER BY 1")
+            .await
+            .unwrap();
+        let got = deltalake::arrow::util::pretty::pretty_format_batches(&got).unwrap().to_string();
+        for row in ["| 2023-11-14 | 4 | 0 |", "| 2023-11-15 | 2 | 3 |", "| 2023-11-16 | 1 | 6 |"] {
+            assert!(got.contains(row), "{row} missing from\n{got}");
+        }
     }
 
     #[tokio::test]
