@@ -65,5 +65,10 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
 fi
 export CAMPO_PYTHON="$VENV/bin/python"
 
+# The benchmarks are run by hand (`cargo bench`), not here; compiling them (in the test profile,
+# which shares the tests' build) keeps a change from breaking them unnoticed.
+echo "==> compiling the benchmarks"
+cargo test --workspace --benches --no-run --locked
+
 echo "==> cargo test (tansu: $CAMPO_TANSU, python: $CAMPO_PYTHON)"
 cargo test --workspace --locked "$@"
