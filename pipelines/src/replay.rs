@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use campo_lake::{Lake, LakeError, TableKind, TableWriter};
 
@@ -38,6 +38,7 @@ pub async fn run(sim_cfg: SimConfig, config: &Config, records: u64, mut progress
     let stage = tokio::spawn(stage.run(win_rx));
     let (flush_tx, mut flush_rx) = tokio::sync::mpsc::channel(2);
     let w = config.windows.clone();
+    let ic = config.ingest.clone();
     let feeder = std::thread::spawn(move || {
         let regions = sim_cfg.regions.clone();
         // Every partition gets records (the watermark waits for each; none goes idle here).
@@ -45,8 +46,9 @@ pub async fn run(sim_cfg: SimConfig, config: &Config, records: u64, mut progress
         let readings_topic = sim_cfg.readings_topic.clone();
         let mut sim = Simulator::new(sim_cfg.clone());
         let wm = Watermarks::new(w.size, w.allowed_lateness, w.idle_timeout, None);
-        let dedup = || Dedup::new(Duration::from_secs(86_400), 20_000_000);
-        let mut st = IngestState::new(1 << 20, dedup(), wm);
+        // The ingest's settings, as `campo run` has them.
+        let dedup = || Dedup::new(ic.dedup_horizon, ic.dedup_max_keys);
+        let mut st = IngestState::new(ic.max_record_bytes, dedup(), wm);
         let mut positions = Vec::new();
         for (contract, topic) in [(Contract::Reading, &sim_cfg.readings_topic), (Contract::Activity, &sim_cfg.activity_topic)] {
             for p in 0..parts {
