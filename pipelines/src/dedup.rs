@@ -94,40 +94,30 @@ impl Dedup {
 
     /// Records the fingerprint if it is new (within the horizon) and returns whether it was.
     pub fn admit(&mut self, fp: u64, now_min: u32) -> bool {
+        use std::collections::hash_map::Entry;
         let h = self.horizon_min;
-        if self.current.len() < self.generation_size() {
-            // The common case, one probe of `current`: a new key is inserted where the lookup
-            // ended (no rotation is due before it).
-            use std::collections::hash_map::Entry;
-            return match self.current.entry(fp) {
-                Entry::Occupied(mut e) => {
-                    if within(h, *e.get(), now_min) {
-                        return false;
-                    }
-                    e.insert(now_min);
-                    true
+        let full = self.current.len() >= self.generation_size();
+        // One probe of `current`: a new key is inserted where the lookup ended, unless a
+        // rotation is due first.
+        match self.current.entry(fp) {
+            Entry::Occupied(mut e) => {
+                if within(h, *e.get(), now_min) {
+                    return false;
                 }
-                Entry::Vacant(e) => {
-                    if self.previous.get(&fp).is_some_and(|&at| within(h, at, now_min)) {
-                        return false;
-                    }
+                e.insert(now_min);
+            }
+            Entry::Vacant(e) => {
+                if self.previous.get(&fp).is_some_and(|&at| within(h, at, now_min)) {
+                    return false;
+                }
+                if full {
+                    self.insert(fp, now_min, now_min);
+                } else {
                     self.started_min.get_or_insert(now_min);
                     e.insert(now_min);
-                    true
                 }
-            };
-        }
-        if let Some(at) = self.current.get_mut(&fp) {
-            if within(h, *at, now_min) {
-                return false;
             }
-            *at = now_min;
-            return true;
         }
-        if self.previous.get(&fp).is_some_and(|&at| within(h, at, now_min)) {
-            return false;
-        }
-        self.insert(fp, now_min, now_min);
         true
     }
 
