@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use campo_lake::arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, ArrowPrimitiveType, AsArray, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
+    PrimitiveBuilder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use campo_lake::arrow::record_batch::RecordBatch;
 use campo_lake::schema;
@@ -27,6 +27,34 @@ fn ts_builder() -> TimestampMicrosecondBuilder {
     TimestampMicrosecondBuilder::new().with_timezone("UTC")
 }
 
+/// Builder capacities for the next batch: those of the last one, plus an eighth. A finished
+/// builder starts over empty, and growing a column from nothing by doubling copies it about
+/// once more; flushes of one table are of similar size, so the last one is a good guess.
+#[derive(Clone, Copy, Default)]
+struct Sizing<'b>(Option<&'b RecordBatch>);
+
+impl Sizing<'_> {
+    fn rows(&self) -> usize {
+        self.0.map_or(1024, |b| b.num_rows() + b.num_rows() / 8)
+    }
+    fn str(&self, name: &str) -> StringBuilder {
+        let bytes = self.0.and_then(|b| b.column_by_name(name)).map_or(1024, |c| {
+            let n = c.as_string::<i32>().values().len();
+            n + n / 8
+        });
+        StringBuilder::with_capacity(self.rows(), bytes)
+    }
+    fn num<T: ArrowPrimitiveType>(&self) -> PrimitiveBuilder<T> {
+        PrimitiveBuilder::with_capacity(self.rows())
+    }
+    fn ts(&self) -> TimestampMicrosecondBuilder {
+        TimestampMicrosecondBuilder::with_capacity(self.rows()).with_timezone("UTC")
+    }
+    fn bool(&self) -> BooleanBuilder {
+        BooleanBuilder::with_capacity(self.rows())
+    }
+}
+
 fn date_of(us: i64) -> i32 {
     us.div_euclid(MICROS_PER_DAY) as i32
 }
@@ -41,19 +69,18 @@ struct EnvelopeCols {
 }
 
 impl EnvelopeCols {
-    fn new() -> Self {
+    fn new(s: Sizing<'_>) -> Self {
         Self {
-            event_id: StringBuilder::new(),
-            schema_version: StringBuilder::new(),
-            occurred_at: ts_builder(),
-            producer: StringBuilder::new(),
-            idempotency_key: StringBuilder::new(),
-            trace_id: StringBuilder::new(),
+            event_id: s.str("event_id"),
+            schema_version: s.str("schema_version"),
+            occurred_at: s.ts(),
+            producer: s.str("producer"),
+            idempotency_key: s.str("idempotency_key"),
+            trace_id: s.str("trace_id"),
         }
     }
     fn push(&mut self, e: &Envelope<'_>) {
-        let mut buf = uuid::Uuid::encode_buffer();
-        self.event_id.append_value(e.event_id.hyphenated().encode_lower(&mut buf));
+        self.event_id.append_value(&e.event_id);
         self.schema_version.append_value(&e.schema_version);
         self.occurred_at.append_value(e.occurred_at_us);
         self.producer.append_value(&e.producer);
@@ -80,14 +107,14 @@ struct ProvenanceCols {
 }
 
 impl ProvenanceCols {
-    fn new() -> Self {
+    fn new(s: Sizing<'_>) -> Self {
         Self {
-            topic: StringBuilder::new(),
-            partition: Int32Builder::new(),
-            offset: Int64Builder::new(),
-            ingested_at: ts_builder(),
-            late: BooleanBuilder::new(),
-            event_date: Date32Builder::new(),
+            topic: s.str("kafka_topic"),
+            partition: s.num(),
+            offset: s.num(),
+            ingested_at: s.ts(),
+            late: s.bool(),
+            event_date: s.num(),
         }
     }
     fn push(&mut self, p: &Provenance<'_>, occurred_at_us: i64) {
@@ -125,23 +152,26 @@ pub struct ReadingRows {
 
 impl Default for ReadingRows {
     fn default() -> Self {
-        Self {
-            len: 0,
-            env: EnvelopeCols::new(),
-            user_hash: StringBuilder::new(),
-            region: StringBuilder::new(),
-            hz: Float64Builder::new(),
-            hz_bucket: Int32Builder::new(),
-            hz_bucket_derived: BooleanBuilder::new(),
-            mood_delta: Float64Builder::new(),
-            entropy: Float64Builder::new(),
-            action_type: StringBuilder::new(),
-            prov: ProvenanceCols::new(),
-        }
+        Self::new(Sizing::default())
     }
 }
 
 impl ReadingRows {
+    fn new(s: Sizing<'_>) -> Self {
+        Self {
+            len: 0,
+            env: EnvelopeCols::new(s),
+            user_hash: s.str("user_hash"),
+            region: s.str("region"),
+            hz: s.num(),
+            hz_bucket: s.num(),
+            hz_bucket_derived: s.bool(),
+            mood_delta: s.num(),
+            entropy: s.num(),
+            action_type: s.str("action_type"),
+            prov: ProvenanceCols::new(s),
+        }
+    }
     pub fn len(&self) -> usize {
         self.len
     }
@@ -173,8 +203,9 @@ impl ReadingRows {
         cols.push(Arc::new(self.entropy.finish()));
         cols.push(Arc::new(self.action_type.finish()));
         self.prov.finish(&mut cols);
-        self.len = 0;
-        RecordBatch::try_new(schema::READINGS.clone(), cols).expect("builders match the readings schema")
+        let batch = RecordBatch::try_new(schema::READINGS.clone(), cols).expect("builders match the readings schema");
+        *self = Self::new(Sizing(Some(&batch)));
+        batch
     }
 }
 
@@ -196,24 +227,27 @@ pub struct ActivityRows {
 
 impl Default for ActivityRows {
     fn default() -> Self {
-        Self {
-            len: 0,
-            env: EnvelopeCols::new(),
-            kind: StringBuilder::new(),
-            user_hash: StringBuilder::new(),
-            region: StringBuilder::new(),
-            route: StringBuilder::new(),
-            status: Int32Builder::new(),
-            latency_ms: Float64Builder::new(),
-            waf_blocked: BooleanBuilder::new(),
-            items_count: Int64Builder::new(),
-            entropy: Float64Builder::new(),
-            prov: ProvenanceCols::new(),
-        }
+        Self::new(Sizing::default())
     }
 }
 
 impl ActivityRows {
+    fn new(s: Sizing<'_>) -> Self {
+        Self {
+            len: 0,
+            env: EnvelopeCols::new(s),
+            kind: s.str("kind"),
+            user_hash: s.str("user_hash"),
+            region: s.str("region"),
+            route: s.str("route"),
+            status: s.num(),
+            latency_ms: s.num(),
+            waf_blocked: s.bool(),
+            items_count: s.num(),
+            entropy: s.num(),
+            prov: ProvenanceCols::new(s),
+        }
+    }
     pub fn len(&self) -> usize {
         self.len
     }
@@ -247,8 +281,9 @@ impl ActivityRows {
         cols.push(Arc::new(self.items_count.finish()));
         cols.push(Arc::new(self.entropy.finish()));
         self.prov.finish(&mut cols);
-        self.len = 0;
-        RecordBatch::try_new(schema::ACTIVITY.clone(), cols).expect("builders match the activity schema")
+        let batch = RecordBatch::try_new(schema::ACTIVITY.clone(), cols).expect("builders match the activity schema");
+        *self = Self::new(Sizing(Some(&batch)));
+        batch
     }
 }
 
@@ -320,5 +355,48 @@ impl RejectedRows {
         ];
         let batch = RecordBatch::try_new(schema::REJECTED.clone(), cols).expect("builders match the rejected schema");
         (batch, records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use campo_lake::arrow::datatypes::Float64Type;
+
+    use super::*;
+    use crate::contract::decode_reading;
+
+    fn reading(i: usize) -> String {
+        format!(
+            r#"{{"event_id":"7d3f2a4e-9a43-4a8e-b0c1-{i:012x}","schema_version":"1.0.0","occurred_at":"2026-11-23T10:15:30Z","producer":"p","idempotency_key":"key-{i}","trace_id":"t","user_hash":"u_{i}","region":"sa-east-1","hz":{}.5}}"#,
+            300 + i % 500
+        )
+    }
+
+    /// Builders are sized from the previous batch; a larger batch after a small one (and a small
+    /// one after that) must still hold every row, in order.
+    #[test]
+    fn batches_of_any_size_after_the_first_keep_every_row() {
+        let mut rows = ReadingRows::default();
+        let p = Provenance { topic: "r", partition: 0, offset: 0, ingested_at_us: 0, late: false };
+        let mut next = 0;
+        for size in [3, 5000, 10, 0, 7000] {
+            let records: Vec<String> = (next..next + size).map(reading).collect();
+            for r in &records {
+                rows.push(&decode_reading(r.as_bytes(), 1 << 20).unwrap(), &p);
+            }
+            assert_eq!(rows.len(), size);
+            let batch = rows.finish();
+            assert_eq!(batch.num_rows(), size);
+            assert!(rows.is_empty());
+            let keys = batch.column_by_name("idempotency_key").unwrap().as_string::<i32>();
+            let users = batch.column_by_name("user_hash").unwrap().as_string::<i32>();
+            let hz = batch.column_by_name("hz").unwrap().as_primitive::<Float64Type>();
+            for (j, i) in (next..next + size).enumerate() {
+                assert_eq!(keys.value(j), format!("key-{i}"));
+                assert_eq!(users.value(j), format!("u_{i}"));
+                assert_eq!(hz.value(j), (300 + i % 500) as f64 + 0.5);
+            }
+            next += size;
+        }
     }
 }

@@ -249,3 +249,86 @@ fn strings_borrow_from_the_record_unless_escaped() {
     let a = decode_activity(a.as_bytes(), MAX).unwrap();
     assert!(matches!(a.route, Some(Cow::Borrowed("/v1/feed"))) && matches!(a.user_hash, Cow::Borrowed("u_2")));
 }
+
+#[test]
+fn event_id_is_stored_canonical_whatever_uuid_form_was_sent() {
+    let canonical = "7d3f2a4e-9a43-4a8e-b0c1-2f5e8a9b6c01";
+    for sent in [
+        canonical,
+        "7D3F2A4E-9A43-4A8E-B0C1-2F5E8A9B6C01",
+        "7d3f2a4e9a434a8eb0c12f5e8a9b6c01",
+        "{7d3f2a4e-9a43-4a8e-b0c1-2f5e8a9b6c01}",
+        "urn:uuid:7d3f2a4e-9a43-4a8e-b0c1-2f5e8a9b6c01",
+    ] {
+        let bytes = serde_json::to_vec(&with(reading(), "event_id", json!(sent))).unwrap();
+        let r = decode_reading(&bytes, MAX).unwrap();
+        assert_eq!(r.envelope.event_id, canonical, "sent {sent}");
+        // The canonical form is kept as sent, without a copy.
+        assert_eq!(matches!(r.envelope.event_id, Cow::Borrowed(_)), sent == canonical, "sent {sent}");
+    }
+}
+
+/// chrono's verdict on an RFC 3339 text: its UTC microseconds, or `None` when it rejects it.
+fn chrono_micros(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_micros())
+}
+
+#[test]
+fn rfc3339_fast_path_agrees_with_chrono_on_edges() {
+    for s in [
+        "2026-11-23T10:15:30Z",
+        "2026-11-23T10:15:30.250+02:00",
+        "1969-12-31T23:59:59.999999999Z",
+        "1970-01-01T00:00:00-00:30",
+        "0000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.1+23:59",
+        "2024-02-29T12:00:00Z",
+        "2000-02-29T12:00:00Z",
+        "1900-02-29T12:00:00Z",
+        "2026-02-29T12:00:00Z",
+        "2026-04-31T12:00:00Z",
+        "2026-11-23T24:00:00Z",
+        "2026-11-23T10:15:60Z",
+        "2026-11-23T10:15:30.Z",
+        "2026-11-23T10:15:30.1234567891Z",
+        "2026-11-23t10:15:30z",
+        "2026-11-23 10:15:30Z",
+        "2026-11-23T10:15:30",
+        "2026-11-23T10:15:30+0200",
+        "2026-11-23T10:15:30+24:00",
+    ] {
+        let fast = rfc3339_micros(s.as_bytes());
+        assert!(fast.is_none() || fast == chrono_micros(s), "{s}: fast {fast:?}, chrono {:?}", chrono_micros(s));
+    }
+    // The form producers send takes the fast path.
+    assert_eq!(rfc3339_micros(b"2026-11-23T10:15:30.250+02:00"), Some(1_795_421_730_250_000));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(5000))]
+    /// Wherever the fast path answers, chrono gives the same instant.
+    #[test]
+    fn rfc3339_fast_path_agrees_with_chrono(
+        (y, mo, d, h, mi, sec) in (0u32..10000, 0u32..14, 0u32..33, 0u32..26, 0u32..61, 0u32..62),
+        frac in prop::option::of("[0-9]{0,11}"),
+        offset in prop_oneof![Just("Z".to_string()), (prop::bool::ANY, 0u32..26, 0u32..61).prop_map(|(neg, h, m)| format!("{}{h:02}:{m:02}", if neg { '-' } else { '+' }))],
+    ) {
+        let s = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{sec:02}{}{offset}", frac.map(|f| format!(".{f}")).unwrap_or_default());
+        let fast = rfc3339_micros(s.as_bytes());
+        prop_assert!(fast.is_none() || fast == chrono_micros(&s), "{}: fast {:?}, chrono {:?}", s, fast, chrono_micros(&s));
+        // Only the forms the fast path leaves out go to chrono.
+        let strict = (1..=12).contains(&mo) && d >= 1 && h <= 23 && mi <= 59 && sec <= 59 && chrono_micros(&s).is_some();
+        prop_assert_eq!(fast.is_some(), strict && !s.contains(".Z") && !s.contains(".+") && !s.contains(".-")
+            && s.split('.').nth(1).is_none_or(|f| f.bytes().take_while(u8::is_ascii_digit).count() <= 9), "{}", s);
+    }
+
+    /// Semver's major, as the contract reads it: three dot-separated numbers, then anything after
+    /// a `-` or `+`.
+    #[test]
+    fn semver_major_reads_only_major_minor_patch(s in "[0-9.+a-z-]{0,12}") {
+        let core = s.split(['-', '+']).next().unwrap();
+        let parts: Vec<&str> = core.split('.').collect();
+        let ok = parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        prop_assert_eq!(semver_major(&s), if ok { parts[0].parse().ok() } else { None });
+    }
+}
