@@ -315,14 +315,13 @@ async fn optimize_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::writer::tests::commit;
-    use crate::{CommitOutcome, TableWriter};
+    use crate::writer::tests::{commit, rejected_writer, temp_lake};
+    use crate::CommitOutcome;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_compactions_at_once_never_double_a_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
-        let mut w = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+        let (_dir, lake) = temp_lake();
+        let mut w = rejected_writer(&lake).await;
         let mut last = None;
         for i in 0..20i64 {
             let offsets: Vec<i64> = (i * 5..i * 5 + 5).collect();

@@ -24,19 +24,35 @@ fn rejected_rows(offsets: &[i64]) -> RecordBatch {
     .unwrap()
 }
 
+/// An empty lake in a temporary directory, which lives as long as the `TempDir`.
+pub(crate) fn temp_lake() -> (tempfile::TempDir, Lake) {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
+    (dir, lake)
+}
+
+/// A writer of the `rejected` table for pipeline "p".
+pub(crate) async fn rejected_writer(lake: &Lake) -> TableWriter {
+    TableWriter::open(lake, TableKind::Rejected, "p").await.unwrap()
+}
+
 pub(crate) fn commit(offsets: &[i64], expected: Option<i64>) -> TableCommit {
+    commit_to(0, offsets, expected)
+}
+
+/// Rows with `offsets` of topic "t", partition `partition`, and their txn.
+fn commit_to(partition: i32, offsets: &[i64], expected: Option<i64>) -> TableCommit {
     TableCommit {
         batches: vec![rejected_rows(offsets)],
-        txns: vec![OffsetTxn { topic: "t".into(), partition: 0, expected, last: *offsets.last().unwrap() }],
+        txns: vec![OffsetTxn { topic: "t".into(), partition, expected, last: *offsets.last().unwrap() }],
     }
 }
 
 #[tokio::test]
 async fn commits_carry_txn_versions_and_moved_offsets_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
-    let mut a = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
-    let mut b = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+    let (_dir, lake) = temp_lake();
+    let mut a = rejected_writer(&lake).await;
+    let mut b = rejected_writer(&lake).await;
     assert_eq!(a.commit(&commit(&[0, 1, 2], None)).await.unwrap(), CommitOutcome::Committed { version: 1 });
     // The same rows again, continuing from nothing: refused.
     let again = a.commit(&commit(&[0, 1, 2], None)).await.unwrap();
@@ -62,11 +78,10 @@ async fn commits_carry_txn_versions_and_moved_offsets_are_refused() {
 
 #[tokio::test]
 async fn a_fenced_writer_stops_at_another_writers_commit_once_and_keeps_its_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
-    let mut a = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+    let (_dir, lake) = temp_lake();
+    let mut a = rejected_writer(&lake).await;
     a.fence();
-    let mut b = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+    let mut b = rejected_writer(&lake).await;
     assert!(matches!(a.commit(&commit(&[0], None)).await.unwrap(), CommitOutcome::Committed { .. }));
     // B's commit takes the version A expects next: A reports it instead of committing...
     b.reload().await.unwrap();
@@ -84,9 +99,8 @@ async fn a_fenced_writer_stops_at_another_writers_commit_once_and_keeps_its_file
 
 #[tokio::test]
 async fn a_batch_of_one_date_is_one_file_and_a_mixed_one_is_split_by_date() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
-    let mut w = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+    let (dir, lake) = temp_lake();
+    let mut w = rejected_writer(&lake).await;
     let one = rejected_rows(&[0, 1, 2]);
     let mut mixed = rejected_rows(&[3, 4, 5, 6]);
     let mut cols = mixed.columns().to_vec();
@@ -116,12 +130,11 @@ async fn a_batch_of_one_date_is_one_file_and_a_mixed_one_is_split_by_date() {
 
 #[tokio::test]
 async fn a_txn_only_commit_advances_the_position() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
-    let mut w = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+    let (_dir, lake) = temp_lake();
+    let mut w = rejected_writer(&lake).await;
     let c = TableCommit { batches: vec![], txns: vec![OffsetTxn { topic: "t".into(), partition: 3, expected: None, last: 99 }] };
     assert!(matches!(w.commit(&c).await.unwrap(), CommitOutcome::Committed { .. }));
-    let mut fresh = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+    let mut fresh = rejected_writer(&lake).await;
     assert_eq!(fresh.txn_version("t", 3).await.unwrap(), Some(99));
     assert_eq!(fresh.txn_version("t", 3).await.unwrap(), Some(99));
 }
@@ -131,21 +144,16 @@ async fn interleaved_writers_land_every_commit_once_past_checkpoints() {
     // Two writers on distinct partitions: each commit of one takes the version the other
     // expected next, so the other reloads and lands on top. Across the 50-commit
     // checkpoints, where each writer swaps in the snapshot its maintenance brought forward.
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
-    let mut a = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
-    let mut b = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
-    let part = |p: i32, offsets: &[i64], expected| TableCommit {
-        batches: vec![rejected_rows(offsets)],
-        txns: vec![OffsetTxn { topic: "t".into(), partition: p, expected, last: *offsets.last().unwrap() }],
-    };
+    let (_dir, lake) = temp_lake();
+    let mut a = rejected_writer(&lake).await;
+    let mut b = rejected_writer(&lake).await;
     let mut expected = None;
     for i in 0..70i64 {
         let (x, y) = (2 * i, 2 * i + 1);
-        let got = a.commit(&part(0, &[x, y], expected)).await.unwrap();
+        let got = a.commit(&commit_to(0, &[x, y], expected)).await.unwrap();
         assert!(matches!(got, CommitOutcome::Committed { .. }), "a at {i}: {got:?}");
         if i % 3 == 0 {
-            let got = b.commit(&part(1, &[i], (i >= 3).then(|| i - 3))).await.unwrap();
+            let got = b.commit(&commit_to(1, &[i], (i >= 3).then(|| i - 3))).await.unwrap();
             assert!(matches!(got, CommitOutcome::Committed { .. }), "b at {i}: {got:?}");
         }
         expected = Some(y);
@@ -153,7 +161,7 @@ async fn interleaved_writers_land_every_commit_once_past_checkpoints() {
     // A's own view is exact for its partition even with its snapshot behind, and it still
     // refuses offsets that B moved.
     assert_eq!(a.txn_version("t", 0).await.unwrap(), Some(139));
-    let stale = a.commit(&part(1, &[1000], Some(63))).await.unwrap();
+    let stale = a.commit(&commit_to(1, &[1000], Some(63))).await.unwrap();
     assert!(matches!(stale, CommitOutcome::Refused { found: Some(69), .. }), "{stale:?}");
     a.maintenance_done().await;
     b.maintenance_done().await;
@@ -162,16 +170,15 @@ async fn interleaved_writers_land_every_commit_once_past_checkpoints() {
     let n = lake.query("SELECT count(*) FROM rejected").await.unwrap();
     let count = deltalake::arrow::array::AsArray::as_primitive::<deltalake::arrow::datatypes::Int64Type>(n[0].column(0)).value(0);
     assert_eq!(count, 140 + 24);
-    let mut fresh = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+    let mut fresh = rejected_writer(&lake).await;
     assert_eq!(fresh.txn_version("t", 0).await.unwrap(), Some(139));
     assert_eq!(fresh.txn_version("t", 1).await.unwrap(), Some(69));
 }
 
 #[tokio::test]
 async fn the_log_is_checkpointed_every_50_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::new(dir.path().to_str().unwrap(), Default::default()).unwrap();
-    let mut w = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+    let (dir, lake) = temp_lake();
+    let mut w = rejected_writer(&lake).await;
     let mut expected = None;
     for last in 0..55 {
         let c = TableCommit { batches: vec![], txns: vec![OffsetTxn { topic: "t".into(), partition: 0, expected, last }] };
@@ -182,6 +189,6 @@ async fn the_log_is_checkpointed_every_50_commits() {
     w.maintenance_done().await;
     let log = dir.path().join("rejected/_delta_log");
     assert!(log.join("_last_checkpoint").exists(), "no checkpoint after 55 commits");
-    let mut fresh = TableWriter::open(&lake, TableKind::Rejected, "p").await.unwrap();
+    let mut fresh = rejected_writer(&lake).await;
     assert_eq!(fresh.txn_version("t", 0).await.unwrap(), Some(54));
 }
