@@ -23,8 +23,8 @@ pub struct Provenance<'a> {
     pub late: bool,
 }
 
-fn ts_builder() -> TimestampMicrosecondBuilder {
-    TimestampMicrosecondBuilder::new().with_timezone("UTC")
+fn ts_builder(capacity: usize) -> TimestampMicrosecondBuilder {
+    TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC")
 }
 
 /// Builder capacities for the next batch: those of the last one, plus an eighth. A finished
@@ -38,6 +38,7 @@ impl Sizing<'_> {
         self.0.map_or(1024, |b| b.num_rows() + b.num_rows() / 8)
     }
     fn str(&self, name: &str) -> StringBuilder {
+        debug_assert!(self.0.is_none_or(|b| b.column_by_name(name).is_some()), "no column {name}");
         let bytes = self.0.and_then(|b| b.column_by_name(name)).map_or(1024, |c| {
             let n = c.as_string::<i32>().values().len();
             n + n / 8
@@ -48,7 +49,7 @@ impl Sizing<'_> {
         PrimitiveBuilder::with_capacity(self.rows())
     }
     fn ts(&self) -> TimestampMicrosecondBuilder {
-        TimestampMicrosecondBuilder::with_capacity(self.rows()).with_timezone("UTC")
+        ts_builder(self.rows())
     }
     fn bool(&self) -> BooleanBuilder {
         BooleanBuilder::with_capacity(self.rows())
@@ -328,7 +329,7 @@ impl RejectedRows {
         let mut reason = StringBuilder::new();
         let mut message = StringBuilder::new();
         let mut size = Int64Builder::new();
-        let mut at = ts_builder();
+        let mut at = ts_builder(records.len());
         let mut record = StringBuilder::new();
         let mut date = Date32Builder::new();
         for r in &records {
