@@ -232,7 +232,6 @@ fn stage_alone(cfg: &Config, n: usize) {
     use campo_pipelines::dedup::Dedup;
     use campo_pipelines::ingest::{IngestState, PartitionPosition};
     use campo_pipelines::simulate::{SimConfig, Simulator};
-    use campo_pipelines::windows::Watermarks;
 
     // The event-time spacing `campo simulate --rate 0` uses (10K events a simulated second). A
     // rate of 0 here spaced events 1e15 us apart: their times passed year 9999 (9% of the
@@ -247,9 +246,7 @@ fn stage_alone(cfg: &Config, n: usize) {
             (if r.topic == readings { Contract::Reading } else { Contract::Activity }, r.value)
         })
         .collect();
-    let w = &cfg.windows;
-    let ic = &cfg.ingest;
-    let mut st = IngestState::new(ic.max_record_bytes, Dedup::new(ic.dedup_horizon, ic.dedup_max_keys), Watermarks::new(w.size, w.allowed_lateness, w.idle_timeout, None));
+    let mut st = IngestState::from_config(cfg, Dedup::from_config(&cfg.ingest), None);
     let pos = |contract, topic: &str| PartitionPosition {
         contract,
         topic: topic.into(),
@@ -258,14 +255,14 @@ fn stage_alone(cfg: &Config, n: usize) {
         rejected_v: None,
         max_event_us: None,
     };
-    st.assign(vec![pos(Contract::Reading, &readings), pos(Contract::Activity, &activity)], Dedup::new(ic.dedup_horizon, ic.dedup_max_keys));
+    st.assign(vec![pos(Contract::Reading, &readings), pos(Contract::Activity, &activity)], Dedup::from_config(&cfg.ingest));
     let thread_cpu = || stat_cpu_seconds(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
     let (c0, now_i) = (thread_cpu(), Instant::now());
     let now_us = chrono::Utc::now().timestamp_micros();
     let mut rows = 0usize;
     for (i, (contract, value)) in records.iter().enumerate() {
         st.process(*contract, 0, i as i64, Some(value.as_bytes()), now_us, now_i);
-        if st.buffered_rows() >= ic.max_batch_rows {
+        if st.buffered_rows() >= cfg.ingest.max_batch_rows {
             rows += st.cut().map_or(0, |f| f.rows());
         }
     }

@@ -79,6 +79,11 @@ impl Dedup {
         }
     }
 
+    /// An empty set with the ingest's `dedup_horizon` and `dedup_max_keys`.
+    pub fn from_config(cfg: &crate::config::IngestConfig) -> Self {
+        Self::new(cfg.dedup_horizon, cfg.dedup_max_keys)
+    }
+
     /// Keys held (a key seen again after its horizon may be counted in both generations).
     pub fn len(&self) -> usize {
         self.current.len() + self.previous.len()

@@ -15,7 +15,7 @@ use crate::contract::Contract;
 use crate::dedup::Dedup;
 use crate::ingest::{IngestState, PartitionPosition, Shutdown, Stats};
 use crate::simulate::{SimConfig, Simulator};
-use crate::windows::{WindowInput, WindowStage, Watermarks};
+use crate::windows::{WindowInput, WindowStage};
 
 const PARTITIONS: i32 = 4;
 /// Records between cuts (a cut also happens whenever the watermark moves).
@@ -37,25 +37,22 @@ pub async fn run(sim_cfg: SimConfig, config: &Config, records: u64, mut progress
     let (win_tx, win_rx) = tokio::sync::mpsc::unbounded_channel::<WindowInput>();
     let stage = tokio::spawn(stage.run(win_rx));
     let (flush_tx, mut flush_rx) = tokio::sync::mpsc::channel(2);
-    let w = config.windows.clone();
-    let ic = config.ingest.clone();
+    let config = config.clone();
     let feeder = std::thread::spawn(move || {
         let regions = sim_cfg.regions.clone();
         // Every partition gets records (the watermark waits for each; none goes idle here).
         let parts = (regions.len() as i32).clamp(1, PARTITIONS);
         let readings_topic = sim_cfg.readings_topic.clone();
         let mut sim = Simulator::new(sim_cfg.clone());
-        let wm = Watermarks::new(w.size, w.allowed_lateness, w.idle_timeout, None);
         // The ingest's settings, as `campo run` has them.
-        let dedup = || Dedup::new(ic.dedup_horizon, ic.dedup_max_keys);
-        let mut st = IngestState::new(ic.max_record_bytes, dedup(), wm);
+        let mut st = IngestState::from_config(&config, Dedup::from_config(&config.ingest), None);
         let mut positions = Vec::new();
         for (contract, topic) in [(Contract::Reading, &sim_cfg.readings_topic), (Contract::Activity, &sim_cfg.activity_topic)] {
             for p in 0..parts {
                 positions.push(PartitionPosition { contract, topic: topic.as_str().into(), partition: p, bronze_v: None, rejected_v: None, max_event_us: None });
             }
         }
-        st.assign(positions, dedup());
+        st.assign(positions, Dedup::from_config(&config.ingest));
         st.whole = true;
         let mut offsets = [[0i64; PARTITIONS as usize]; 2];
         let (mut n, mut since_cut) = (0u64, 0u64);

@@ -19,7 +19,6 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::contract::Contract;
 use crate::dedup::Dedup;
-use crate::windows::Watermarks;
 
 use super::batch::{BatchQueue, RouteSlot};
 use super::positions::rebuild_dedup;
@@ -244,10 +243,8 @@ pub(crate) fn run(
     flush_tx: Sender<Flush>,
     events: Receiver<WriterEvent>,
 ) -> Result<(), IngestError> {
-    let w = &shared.config.windows;
-    let wm = Watermarks::new(w.size, w.allowed_lateness, w.idle_timeout, closed_through);
     let ctx = IngestContext {
-        state: Mutex::new(IngestState::new(shared.config.ingest.max_record_bytes, dedup, wm)),
+        state: Mutex::new(IngestState::from_config(&shared.config, dedup, closed_through)),
         shared: shared.clone(),
         route: RouteSlot::default(),
     };

@@ -299,7 +299,7 @@ pub async fn run(config: Config, stats: Arc<Stats>, shutdown: Shutdown) -> Resul
         lake.open_or_create(kind).await?;
     }
     // The dedup set is rebuilt from bronze at every assignment (see consumer.rs).
-    let dedup = crate::dedup::Dedup::new(config.ingest.dedup_horizon, config.ingest.dedup_max_keys);
+    let dedup = crate::dedup::Dedup::from_config(&config.ingest);
     // The window stage resumes from the last window written; it rebuilds the open windows'
     // state from bronze when the first flush of an assignment that holds every partition
     // reaches it.

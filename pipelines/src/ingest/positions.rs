@@ -84,7 +84,7 @@ pub async fn read_positions(
 
 /// Rebuilds the dedup set from the keys committed to bronze within the horizon.
 pub(crate) async fn rebuild_dedup(lake: &Lake, cfg: &IngestConfig) -> Result<Dedup, LakeError> {
-    let mut dedup = Dedup::new(cfg.dedup_horizon, cfg.dedup_max_keys);
+    let mut dedup = Dedup::from_config(cfg);
     let now_us = chrono::Utc::now().timestamp_micros();
     let since_us = now_us - cfg.dedup_horizon.as_micros() as i64;
     let started = std::time::Instant::now();

@@ -89,6 +89,14 @@ fn idx(c: Contract) -> usize {
 }
 
 impl IngestState {
+    /// The state with the configured record size bound and watermarks (closing no window
+    /// at or before `closed_through`).
+    pub fn from_config(config: &crate::config::Config, dedup: Dedup, closed_through: Option<i64>) -> Self {
+        let w = &config.windows;
+        let wm = Watermarks::new(w.size, w.allowed_lateness, w.idle_timeout, closed_through);
+        Self::new(config.ingest.max_record_bytes, dedup, wm)
+    }
+
     pub fn new(max_record_bytes: usize, dedup: Dedup, wm: Watermarks) -> Self {
         Self {
             max_record_bytes,
