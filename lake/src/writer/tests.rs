@@ -40,6 +40,11 @@ pub(crate) fn commit(offsets: &[i64], expected: Option<i64>) -> TableCommit {
     commit_to(0, offsets, expected)
 }
 
+/// A commit of no rows that moves topic "t", partition `partition`, to `last`.
+fn txn_only(partition: i32, expected: Option<i64>, last: i64) -> TableCommit {
+    TableCommit { batches: vec![], txns: vec![OffsetTxn { topic: "t".into(), partition, expected, last }] }
+}
+
 /// Rows with `offsets` of topic "t", partition `partition`, and their txn.
 fn commit_to(partition: i32, offsets: &[i64], expected: Option<i64>) -> TableCommit {
     TableCommit {
@@ -94,7 +99,7 @@ async fn a_fenced_writer_stops_at_another_writers_commit_once_and_keeps_its_file
     let count = deltalake::arrow::array::AsArray::as_primitive::<deltalake::arrow::datatypes::Int64Type>(n[0].column(0)).value(0);
     assert_eq!(count, 3, "no row lost or doubled (the staged file was committed once)");
     // An unfenced writer never reports it.
-    b.commit(&TableCommit { batches: vec![], txns: vec![OffsetTxn { topic: "t".into(), partition: 9, expected: Some(5), last: 6 }] }).await.unwrap();
+    b.commit(&txn_only(9, Some(5), 6)).await.unwrap();
 }
 
 #[tokio::test]
@@ -132,7 +137,7 @@ async fn a_batch_of_one_date_is_one_file_and_a_mixed_one_is_split_by_date() {
 async fn a_txn_only_commit_advances_the_position() {
     let (_dir, lake) = temp_lake();
     let mut w = rejected_writer(&lake).await;
-    let c = TableCommit { batches: vec![], txns: vec![OffsetTxn { topic: "t".into(), partition: 3, expected: None, last: 99 }] };
+    let c = txn_only(3, None, 99);
     assert!(matches!(w.commit(&c).await.unwrap(), CommitOutcome::Committed { .. }));
     let mut fresh = rejected_writer(&lake).await;
     assert_eq!(fresh.txn_version("t", 3).await.unwrap(), Some(99));
@@ -181,7 +186,7 @@ async fn the_log_is_checkpointed_every_50_commits() {
     let mut w = rejected_writer(&lake).await;
     let mut expected = None;
     for last in 0..55 {
-        let c = TableCommit { batches: vec![], txns: vec![OffsetTxn { topic: "t".into(), partition: 0, expected, last }] };
+        let c = txn_only(0, expected, last);
         assert!(matches!(w.commit(&c).await.unwrap(), CommitOutcome::Committed { .. }));
         expected = Some(last);
     }
